@@ -1,0 +1,10 @@
+"""Checkpoint converters: the one place that knows foreign checkpoint formats.
+
+Every converter reads a user-supplied checkpoint without executing anything from it
+(see `convert.safe_pickle`) and writes a stylejax checkpoint (orbax params + config.json,
+see `stylejax.checkpoint`).
+"""
+
+
+class ConversionError(Exception):
+    """A problem with the user's input; the CLI prints it as one line, no traceback."""
