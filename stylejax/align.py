@@ -1,0 +1,498 @@
+"""Stage 1: FFHQ face alignment of a video, temporal stabilisation, roll, paste-back.
+
+    python -m stylejax.align --video IN --out DIR [--size 1024] [--center-sigma 1 --axes-sigma 3]
+                             [--keep-roll] [--preview] [--max-gap 15]
+    python -m stylejax.align paste --video ORIG --aligned DIR_OR_FRAMES --transforms DIR/transforms.npz --out OUT.mp4
+
+Conventions (all coordinates are original-frame pixels with pixel centres at integers, x right, y down):
+* crop frame: centre `c`, horizontal half-axis `x`, vertical half-axis `y = (-x_y, x_x)` (x turned 90° so it
+  points down the face). `quad = [c-x-y, c-x+y, c+x+y, c+x-y]` = top-left, bottom-left, bottom-right,
+  top-right corners of the crop, as in the FFHQ script. Corner k sits at the outer edge of the crop's corner
+  pixel (the FFHQ script's `quad + 0.5` passed to PIL), so the crop pixel (col j, row i) samples the frame
+  at `TL + (TR-TL)·(j+0.5)/S + (BL-TL)·(i+0.5)/S`.
+* `roll_deg = degrees(atan2(x_y, x_x))`: the angle of the eye line against the image horizontal. Positive
+  = clockwise on screen (the line falls towards the image's right side: the head leans towards the
+  viewer's right). Level eyes give 0.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from typing import Callable
+
+import numpy as np
+
+from stylejax.video import VideoError, VideoWriter, iter_frames, load_frames, open_frame_store, probe
+
+
+class AlignError(ValueError):
+    """Alignment cannot proceed; the message is one line naming the problem and what to do."""
+
+
+def _log_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------------------
+# FFHQ geometry
+# --------------------------------------------------------------------------------------------------------
+
+def eye_distance(landmarks: np.ndarray) -> np.ndarray:
+    """|eye_right - eye_left| (px) for landmarks [..., 68, 2]."""
+    lm = np.asarray(landmarks, np.float64)
+    return np.linalg.norm(lm[..., 42:48, :].mean(-2) - lm[..., 36:42, :].mean(-2), axis=-1)
+
+
+def crop_frame(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """FFHQ crop centre c [..., 2] and half-axis x [..., 2] from dlib-68 landmarks [..., 68, 2]."""
+    lm = np.asarray(landmarks, np.float64)
+    eye_left = lm[..., 36:42, :].mean(-2)
+    eye_right = lm[..., 42:48, :].mean(-2)
+    eye_avg = (eye_left + eye_right) / 2
+    eye_to_eye = eye_right - eye_left
+    mouth_avg = (lm[..., 48, :] + lm[..., 54, :]) / 2
+    eye_to_mouth = mouth_avg - eye_avg
+    # x = eye_to_eye - R(eye_to_mouth), R(v) = (-v_y, v_x): the horizontal axis from both eye and mouth cues.
+    x = eye_to_eye - np.stack([-eye_to_mouth[..., 1], eye_to_mouth[..., 0]], -1)
+    x = x / np.linalg.norm(x, axis=-1, keepdims=True)
+    scale = np.maximum(np.linalg.norm(eye_to_eye, axis=-1) * 2.0, np.linalg.norm(eye_to_mouth, axis=-1) * 1.8)
+    c = eye_avg + 0.1 * eye_to_mouth
+    return c, x * scale[..., None]
+
+
+def y_axis(x: np.ndarray) -> np.ndarray:
+    return np.stack([-x[..., 1], x[..., 0]], -1)
+
+
+def quad_from_frame(c: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Corners [..., 4, 2] in the order TL, BL, BR, TR."""
+    y = y_axis(x)
+    return np.stack([c - x - y, c - x + y, c + x + y, c + x - y], -2)
+
+
+def roll_degrees(x: np.ndarray) -> np.ndarray:
+    return np.degrees(np.arctan2(x[..., 1], x[..., 0]))
+
+
+def level_axis(x: np.ndarray) -> np.ndarray:
+    """The same-length axis turned to the image horizontal (roll removed from the crop)."""
+    return np.stack([np.linalg.norm(x, axis=-1), np.zeros(x.shape[:-1])], -1)
+
+
+def smooth(values: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing over time (axis 0) as STIT does (scipy, mode 'reflect', truncate 4); σ=0: as is."""
+    if sigma <= 0 or len(values) < 2:
+        return np.asarray(values, np.float64)
+    from scipy.ndimage import gaussian_filter1d
+
+    return gaussian_filter1d(np.asarray(values, np.float64), sigma, axis=0)
+
+
+def jitter(quads: np.ndarray) -> float:
+    """Mean frame-to-frame second difference |q[t+1] - 2 q[t] + q[t-1]| of the corners (px)."""
+    q = np.asarray(quads, np.float64)
+    if len(q) < 3:
+        return 0.0
+    return float(np.linalg.norm(q[2:] - 2 * q[1:-1] + q[:-2], axis=-1).mean())
+
+
+def quad_affine(quad: np.ndarray, size: int) -> np.ndarray:
+    """2×3 matrix mapping crop pixel (col, row) of a size² crop to frame pixel coordinates."""
+    tl, bl, _, tr = np.asarray(quad, np.float64)
+    ex, ey = (tr - tl) / size, (bl - tl) / size
+    t = tl + 0.5 * (ex + ey)
+    return np.array([[ex[0], ey[0], t[0]], [ex[1], ey[1], t[1]]])
+
+
+def _gap_runs(valid: np.ndarray):
+    """(start, length) of every run of False in `valid`."""
+    runs, start = [], None
+    for i, v in enumerate(list(valid) + [True]):
+        if not v and start is None:
+            start = i
+        elif v and start is not None:
+            runs.append((start, i - start))
+            start = None
+    return runs
+
+
+def fill_gaps(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Linear interpolation over time of the frames where `valid` is False (held constant at the ends)."""
+    values = np.asarray(values, np.float64)
+    idx = np.flatnonzero(valid)
+    flat = values.reshape(len(values), -1)
+    out = np.empty_like(flat)
+    for k in range(flat.shape[1]):
+        out[:, k] = np.interp(np.arange(len(values)), idx, flat[idx, k])
+    return out.reshape(values.shape)
+
+
+def transforms_from_landmarks(landmarks: np.ndarray, valid: np.ndarray, center_sigma: float = 1.0,
+                              axes_sigma: float = 3.0, keep_roll: bool = False) -> dict:
+    """Per-frame crop quads and roll from landmarks [T, 68, 2] (invalid frames are interpolated first).
+
+    Returns `quad` [T,4,2] (the crop to render: level-eyed, or keeping the roll), `roll_deg` [T] (of the
+    smoothed axis), `center` [T,2], `x_axis` [T,2] (smoothed, with roll).
+    """
+    valid = np.asarray(valid, bool)
+    c, x = crop_frame(landmarks)
+    c, x = fill_gaps(c, valid), fill_gaps(x, valid)
+    # STIT: smooth c and x over time; y is derived from x, so the crop stays square.
+    c, x = smooth(c, center_sigma), smooth(x, axes_sigma)
+    roll = roll_degrees(x)
+    render_x = level_axis(x) if keep_roll else x
+    return {"quad": quad_from_frame(c, render_x), "roll_deg": roll, "center": c, "x_axis": x}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Resampling
+# --------------------------------------------------------------------------------------------------------
+
+_INTERP = {"cubic": 2, "lanczos": 4, "linear": 1}  # cv2.INTER_* codes
+# Shrinking by more than this first area-averages the source down to crop resolution (no aliasing).
+SHRINK_PREFILTER = 1.25
+
+
+def _prefilter(src: np.ndarray, affine: np.ndarray, out_w: int, out_h: int):
+    """If `affine` (dst pixel -> src pixel) shrinks by more than SHRINK_PREFILTER, crop the source to the
+    needed window (reflect-padded) and area-resize it to about the output's sampling rate; returns the new
+    (src, affine)."""
+    import cv2
+
+    step = max(np.hypot(affine[0, 0], affine[1, 0]), np.hypot(affine[0, 1], affine[1, 1]))
+    if step <= SHRINK_PREFILTER:
+        return src, affine
+    corners = np.array([[0, 0, 1], [out_w, 0, 1], [0, out_h, 1], [out_w, out_h, 1]], np.float64) - [0.5, 0.5, 0]
+    pts = corners @ affine.T
+    margin = 4 * step + 4
+    x0, y0 = np.floor(pts.min(0) - margin).astype(int)
+    x1, y1 = np.ceil(pts.max(0) + margin).astype(int)
+    h, w = src.shape[:2]
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if cx1 <= cx0 or cy1 <= cy0:  # window entirely outside: keep the plain warp (reflect border)
+        return src, affine
+    window = src[cy0:cy1, cx0:cx1]
+    pads = (cy0 - y0, y1 - cy1, cx0 - x0, x1 - cx1)
+    if any(pads):
+        window = cv2.copyMakeBorder(window, *pads, cv2.BORDER_REFLECT_101)
+    wh, ww = window.shape[:2]
+    nw, nh = max(1, int(round(ww / step))), max(1, int(round(wh / step))),
+    small = cv2.resize(window, (nw, nh), interpolation=cv2.INTER_AREA)
+    fx, fy = ww / nw, wh / nh
+    # src pixel p -> window pixel p - (x0, y0) -> small pixel (q + 0.5) / f - 0.5
+    to_small = np.array([[1 / fx, 0, (-x0 + 0.5) / fx - 0.5], [0, 1 / fy, (-y0 + 0.5) / fy - 0.5], [0, 0, 1]])
+    return small, (to_small @ np.vstack([affine, [0, 0, 1]]))[:2]
+
+
+def render_crop(frame: np.ndarray, quad: np.ndarray, size: int, resample: str = "cubic") -> np.ndarray:
+    """The size² crop of `frame` inside `quad`, reflect-padded where the quad leaves the frame."""
+    import cv2
+
+    src, affine = _prefilter(frame, quad_affine(quad, size), size, size)
+    return cv2.warpAffine(src, affine, (size, size), flags=_INTERP[resample] | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REFLECT_101)
+
+
+def face_mask(size: int, kind: str = "ellipse", feather: float = 0.04) -> np.ndarray:
+    """Soft float32 mask [size, size] in aligned-crop coordinates, 1 on the face, 0 outside.
+
+    'ellipse' covers an FFHQ-aligned face from forehead to chin (centre (0.5, 0.55)·S, semi-axes
+    (0.34, 0.42)·S); 'square' is the whole crop inset by 2·feather. `feather` is the Gaussian blur σ as a
+    fraction of S; the hard shape is shrunk by 2σ first so the mask is ~0 at the shape's edge.
+    """
+    import cv2
+
+    yy, xx = (np.mgrid[0:size, 0:size] + 0.5) / size
+    inset = 2 * feather
+    if kind == "ellipse":
+        hard = ((xx - 0.5) / (0.34 - inset)) ** 2 + ((yy - 0.55) / (0.42 - inset)) ** 2 <= 1
+    elif kind == "square":
+        hard = (np.abs(xx - 0.5) <= 0.5 - 2 * inset) & (np.abs(yy - 0.5) <= 0.5 - 2 * inset)
+    else:
+        raise AlignError(f"unknown mask kind {kind!r}; use 'ellipse' or 'square'")
+    mask = hard.astype(np.float32)
+    if feather > 0:
+        mask = cv2.GaussianBlur(mask, (0, 0), feather * size)
+    return mask
+
+
+def paste_back(frame: np.ndarray, crop: np.ndarray, quad: np.ndarray, mask: np.ndarray | None = None,
+               resample: str = "cubic", return_mask: bool = False):
+    """Composite the aligned `crop` [S,S,3] into `frame` through the inverse of the crop's quad transform,
+    blended with the feathered `mask` (default `face_mask(S)`); returns the new uint8 frame."""
+    import cv2
+
+    size = crop.shape[0]
+    if mask is None:
+        mask = face_mask(size)
+    h, w = frame.shape[:2]
+    to_frame = np.vstack([quad_affine(quad, size), [0, 0, 1]])
+    to_crop = np.linalg.inv(to_frame)[:2]  # frame pixel -> crop pixel
+    # Only the quad's bounding box of the frame changes.
+    q = np.asarray(quad)
+    x0, y0 = np.clip(np.floor(q.min(0)).astype(int) - 2, 0, [w, h])
+    x1, y1 = np.clip(np.ceil(q.max(0)).astype(int) + 2, 0, [w, h])
+    if x1 <= x0 or y1 <= y0:
+        return (frame.copy(), np.zeros((h, w), np.float32)) if return_mask else frame.copy()
+    to_crop_roi = (np.vstack([to_crop, [0, 0, 1]]) @ np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1]]))[:2]
+    stack = np.concatenate([crop.astype(np.float32), mask[..., None].astype(np.float32)], -1)
+    src, affine = _prefilter(stack, to_crop_roi, x1 - x0, y1 - y0)
+    warped = cv2.warpAffine(src, affine, (x1 - x0, y1 - y0), flags=_INTERP[resample] | cv2.WARP_INVERSE_MAP,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    alpha = np.clip(warped[..., 3:], 0, 1)
+    out = frame.copy()
+    roi = out[y0:y1, x0:x1].astype(np.float32)
+    out[y0:y1, x0:x1] = np.clip(np.rint(roi * (1 - alpha) + warped[..., :3] * alpha), 0, 255).astype(np.uint8)
+    if return_mask:
+        full = np.zeros((h, w), np.float32)
+        full[y0:y1, x0:x1] = alpha[..., 0]
+        return out, full
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Video pipeline
+# --------------------------------------------------------------------------------------------------------
+
+def track_landmarks(video: str, max_frames: int | None = None, max_gap: int = 15, min_eye_dist: float = 32.0,
+                    detect_long_side: int = 480, log: Callable[[str], None] = _log_stderr):
+    """Pass 1: landmarks [T,68,2] (gaps interpolated), valid [T], and the video's `VideoInfo`.
+
+    Fails (AlignError) as soon as the face has been missing for more than `max_gap` frames, when it never
+    appears, or when a face is too small to align (eye-to-eye distance < `min_eye_dist` px).
+    """
+    from stylejax.landmarks import FaceTracker
+
+    info = probe(video)
+    tracker = FaceTracker(detect_long_side=detect_long_side, log=log)
+    landmarks, valid = [], []
+    frames = iter_frames(video, info)
+    try:
+        for t, frame in enumerate(frames):
+            if max_frames is not None and t >= max_frames:
+                break
+            lm = tracker(frame)
+            if lm is not None:
+                eyes = float(eye_distance(lm))
+                if eyes < min_eye_dist:
+                    raise AlignError(f"face too small to align in {video}: eye-to-eye distance {eyes:.1f} px "
+                                     f"in frame {t} (need >= {min_eye_dist:g} px; use a higher-resolution video)")
+            landmarks.append(lm if lm is not None else np.full((68, 2), np.nan))
+            valid.append(lm is not None)
+            run = len(valid) - 1 - max([i for i, v in enumerate(valid) if v], default=-1)
+            if run > max_gap:
+                if not any(valid):
+                    raise AlignError(f"no face found in {video}: none in its first {run} frames "
+                                     f"(more than --max-gap {max_gap})")
+                raise AlignError(f"face lost in {video} for more than --max-gap {max_gap} frames "
+                                 f"(missing from frame {t - run + 1})")
+    finally:
+        frames.close()
+    if not any(valid):
+        raise AlignError(f"no face found in {video} ({len(valid)} frames)")
+    landmarks, valid = np.stack(landmarks), np.asarray(valid)
+    return fill_gaps(np.nan_to_num(landmarks), valid), valid, info
+
+
+def _draw_preview(frame: np.ndarray, landmarks: np.ndarray, quad: np.ndarray, valid: bool,
+                  level_quad: np.ndarray | None) -> np.ndarray:
+    import cv2
+
+    img = np.ascontiguousarray(frame.copy())
+    thick = max(1, int(round(max(frame.shape[:2]) / 500)))
+    colour = (0, 255, 0) if valid else (255, 160, 0)  # orange: interpolated frame
+    if level_quad is not None:
+        cv2.polylines(img, [np.rint(level_quad).astype(np.int32)], True, (120, 120, 255), thick, cv2.LINE_AA)
+    cv2.polylines(img, [np.rint(quad).astype(np.int32)], True, colour, thick, cv2.LINE_AA)
+    cv2.line(img, tuple(np.rint(quad[0]).astype(int)), tuple(np.rint(quad[3]).astype(int)), (255, 0, 0),
+             thick + 1, cv2.LINE_AA)  # top edge in red: shows the crop's orientation
+    for p in landmarks:
+        cv2.circle(img, tuple(np.rint(p).astype(int)), thick + 1, colour, -1, cv2.LINE_AA)
+    return img
+
+
+def align_video(video: str, out_dir: str, size: int = 1024, center_sigma: float = 1.0, axes_sigma: float = 3.0,
+                keep_roll: bool = False, preview: bool = False, max_gap: int = 15, min_eye_dist: float = 32.0,
+                max_frames: int | None = None, resample: str = "cubic", overwrite: bool = False,
+                log: Callable[[str], None] = _log_stderr) -> dict:
+    """Align every frame of `video` into `out_dir` (frames.npy, transforms.npz, preview.mp4 if asked).
+
+    Everything is written to a temporary sibling directory that is renamed to `out_dir` only at the end, so
+    a failure never leaves a complete-looking output. Returns the transforms dict.
+    """
+    video, out_dir = os.path.abspath(video), os.path.abspath(out_dir.rstrip("/"))
+    if size < 16 or size % 2:
+        raise AlignError(f"--size must be an even number >= 16, got {size}")
+    if resample not in _INTERP:
+        raise AlignError(f"unknown resampler {resample!r}; use one of {sorted(_INTERP)}")
+    if os.path.exists(out_dir):
+        if not overwrite:
+            raise AlignError(f"output {out_dir} already exists; choose another --out or pass --overwrite")
+        if os.path.commonpath([video, out_dir]) == out_dir:
+            raise AlignError(f"refusing to overwrite {out_dir}: it contains the input video {video}")
+    parent = os.path.dirname(out_dir)
+    if not os.path.isdir(parent):
+        raise AlignError(f"cannot write {out_dir}: the parent directory {parent} does not exist")
+
+    landmarks, valid, info = track_landmarks(video, max_frames=max_frames, max_gap=max_gap,
+                                             min_eye_dist=min_eye_dist, log=log)
+    tf = transforms_from_landmarks(landmarks, valid, center_sigma, axes_sigma, keep_roll)
+    count = len(valid)
+    if (~valid).any():
+        log(f"face missing in {int((~valid).sum())} of {count} frames; transforms interpolated there")
+
+    tmp = f"{out_dir}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        # Pass 2: decode again and render each crop straight into the on-disk frame store.
+        store = open_frame_store(os.path.join(tmp, "frames.npy"), count, size, size)
+        level = quad_from_frame(tf["center"], tf["x_axis"]) if keep_roll else None
+        writer = VideoWriter(os.path.join(tmp, "preview.mp4"), info.fps) if preview else None
+        frames = iter_frames(video, info)
+        t = -1
+        try:
+            for t, frame in enumerate(frames):
+                if t >= count:
+                    break
+                store[t] = render_crop(frame, tf["quad"][t], size, resample)
+                if writer is not None:
+                    writer.write(_draw_preview(frame, landmarks[t], tf["quad"][t], bool(valid[t]),
+                                               None if level is None else level[t]))
+        finally:
+            frames.close()
+        if t + 1 < count:
+            raise AlignError(f"{video} gave {t + 1} frames on the second read, {count} on the first")
+        if writer is not None:
+            writer.close()
+        store.flush()
+        del store
+        np.savez(os.path.join(tmp, "transforms.npz"), quad=tf["quad"].astype(np.float32),
+                 roll_deg=tf["roll_deg"].astype(np.float32), landmarks=landmarks.astype(np.float32),
+                 valid=valid, fps=np.float64(info.fps), frame_size=np.array(info.frame_size, np.int32),
+                 size=np.int32(size), keep_roll=np.bool_(keep_roll), center=tf["center"].astype(np.float32),
+                 x_axis=tf["x_axis"].astype(np.float32),
+                 sigmas=np.array([center_sigma, axes_sigma], np.float32))
+        if os.path.exists(out_dir):
+            old = f"{out_dir}.old-{os.getpid()}"
+            os.rename(out_dir, old)
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out_dir)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tf.update(landmarks=landmarks, valid=valid, fps=info.fps, frame_size=info.frame_size)
+    return tf
+
+
+def load_transforms(path: str) -> dict:
+    """transforms.npz (or a directory holding one) as a dict of arrays."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "transforms.npz")
+    if not os.path.exists(path):
+        raise AlignError(f"cannot read transforms {path}: no such file")
+    try:
+        with np.load(path) as data:
+            tf = {k: data[k] for k in data.files}
+    except Exception as err:
+        raise AlignError(f"cannot read transforms {path}: not a valid .npz ({err})") from None
+    for key in ("quad", "frame_size"):
+        if key not in tf:
+            raise AlignError(f"cannot read transforms {path}: it has no '{key}' array")
+    return tf
+
+
+def paste_video(video: str, aligned: str, transforms: str, out: str, mask_kind: str = "ellipse",
+                feather: float = 0.04, resample: str = "cubic") -> int:
+    """Composite aligned frames (frames.npy / its directory / a video) back into `video`; writes `out` mp4."""
+    tf = load_transforms(transforms)
+    quads = tf["quad"]
+    if os.path.abspath(out) == os.path.abspath(video):
+        raise AlignError(f"refusing to overwrite the input video {video}; choose another --out")
+    info = probe(video)
+    if tuple(int(v) for v in tf["frame_size"]) != info.frame_size:
+        raise AlignError(f"transforms are for {tuple(tf['frame_size'])} frames but {video} is {info.frame_size}")
+    use_npy = aligned.endswith(".npy") or os.path.isdir(aligned)
+    crops = iter(load_frames(aligned)) if use_npy else iter_frames(aligned)
+    mask = None
+    n = 0
+    with VideoWriter(out, info.fps) as writer:
+        frames = iter_frames(video, info)
+        try:
+            for t, (frame, crop) in enumerate(zip(frames, crops)):
+                if t >= len(quads):
+                    break
+                if mask is None:
+                    mask = face_mask(crop.shape[0], mask_kind, feather)
+                writer.write(paste_back(frame, np.asarray(crop), quads[t], mask, resample))
+                n += 1
+        finally:
+            frames.close()
+        if n == 0:
+            raise AlignError(f"nothing to paste: no aligned frames in {aligned}")
+    return n
+
+
+# --------------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------------
+
+def _align_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m stylejax.align",
+                                description="FFHQ-align the face in a video (see also: python -m stylejax.align paste -h)")
+    p.add_argument("--video", required=True, help="input video (anything ffmpeg reads)")
+    p.add_argument("--out", required=True, help="output directory: frames.npy, transforms.npz [, preview.mp4]")
+    p.add_argument("--size", type=int, default=1024, help="aligned crop size in px (default 1024)")
+    p.add_argument("--center-sigma", type=float, default=1.0, help="temporal Gaussian σ (frames) for the crop centre; 0 disables")
+    p.add_argument("--axes-sigma", type=float, default=3.0, help="temporal Gaussian σ (frames) for the crop axes; 0 disables")
+    p.add_argument("--keep-roll", action="store_true", help="crops keep the head's roll (default: level eyes)")
+    p.add_argument("--preview", action="store_true", help="also write preview.mp4 with landmarks and crop quads")
+    p.add_argument("--max-gap", type=int, default=15, help="interpolate over at most this many frames without a face")
+    p.add_argument("--min-eye-dist", type=float, default=32.0, help="smallest eye-to-eye distance (px) accepted")
+    p.add_argument("--max-frames", type=int, default=None, help="only the first N frames")
+    p.add_argument("--resample", choices=sorted(_INTERP), default="cubic", help="crop resampler (default cubic)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    return p
+
+
+def _paste_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m stylejax.align paste",
+                                description="Paste aligned (e.g. re-rendered) crops back into the original video")
+    p.add_argument("--video", required=True, help="the original video")
+    p.add_argument("--aligned", required=True, help="frames.npy, a directory holding one, or a video of crops")
+    p.add_argument("--transforms", required=True, help="transforms.npz written by the align step")
+    p.add_argument("--out", required=True, help="output mp4")
+    p.add_argument("--mask", choices=["ellipse", "square"], default="ellipse", help="face mask shape")
+    p.add_argument("--feather", type=float, default=0.04, help="mask blur σ as a fraction of the crop size")
+    p.add_argument("--resample", choices=sorted(_INTERP), default="cubic")
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "paste":
+            args = _paste_parser().parse_args(argv[1:])
+            n = paste_video(args.video, args.aligned, args.transforms, args.out, args.mask, args.feather, args.resample)
+            print(f"pasted {n} frames into {args.out}")
+        else:
+            args = _align_parser().parse_args(argv)
+            tf = align_video(args.video, args.out, size=args.size, center_sigma=args.center_sigma,
+                             axes_sigma=args.axes_sigma, keep_roll=args.keep_roll, preview=args.preview,
+                             max_gap=args.max_gap, min_eye_dist=args.min_eye_dist, max_frames=args.max_frames,
+                             resample=args.resample, overwrite=args.overwrite)
+            print(f"aligned {len(tf['valid'])} frames ({int(tf['valid'].sum())} with a detected face) into {args.out}")
+    except (AlignError, VideoError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

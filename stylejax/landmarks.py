@@ -1,0 +1,166 @@
+"""dlib face detection and 68-point landmarks, following one face through a video.
+
+The model files come from the `face_recognition_models` package, located with `importlib.util.find_spec`
+instead of being imported: its `__init__` imports `pkg_resources`, which current setuptools no longer ships.
+
+Speed: the HOG detector runs on a downscaled copy of the frame (long side `detect_long_side`). Once a face
+is tracked, the detector runs only on a small window around the previous face, rescaled so the face is about
+`TRACK_FACE_PX` wide (a few ms), and falls back to the whole frame when the face is not found there. The
+68-point predictor always runs on the full-resolution frame, inside the detection box mapped back to it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from typing import Callable
+
+import numpy as np
+
+# dlib's HOG detector finds faces from about 80 px wide; tracking windows are rescaled to put the face here.
+TRACK_FACE_PX = 120
+# A tracked face may move this many box widths (plus the same per missed frame) between detections.
+TRACK_GATE = 1.0
+
+
+class LandmarkError(ValueError):
+    """The landmark models cannot be found or loaded."""
+
+
+def _log_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def model_path(name: str = "shape_predictor_68_face_landmarks.dat") -> str:
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise LandmarkError("the face_recognition_models package is not installed; pip install face_recognition_models")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "models", name)
+    if not os.path.exists(path):
+        raise LandmarkError(f"face_recognition_models has no {name} (looked in {path})")
+    return path
+
+
+_MODELS = {}
+
+
+def _models():
+    if not _MODELS:
+        try:
+            import dlib
+        except ImportError:
+            raise LandmarkError("dlib is not installed; pip install dlib-bin") from None
+        _MODELS["detector"] = dlib.get_frontal_face_detector()
+        _MODELS["predictor"] = dlib.shape_predictor(model_path())
+        _MODELS["rect"] = dlib.rectangle
+    return _MODELS
+
+
+def _resize(img: np.ndarray, scale: float) -> np.ndarray:
+    import cv2
+
+    if scale == 1.0:
+        return img
+    h, w = img.shape[:2]
+    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+def _gray(frame: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+
+
+def detect_faces(gray: np.ndarray, long_side: int = 480) -> np.ndarray:
+    """Face boxes [N, 4] (x0, y0, x1, y1) in `gray`'s pixels, found on a copy downscaled to `long_side`.
+
+    If nothing is found there, retry at full resolution (upsampled 2× if the frame is already small), so
+    small faces are still found, and then rejected with their size by the caller, rather than missed.
+    """
+    det = _models()["detector"]
+    h, w = gray.shape[:2]
+    scale = min(1.0, long_side / max(h, w))
+    boxes = [(r.left(), r.top(), r.right(), r.bottom()) for r in det(_resize(gray, scale), 0)]
+    if boxes:
+        return np.asarray(boxes, np.float64) / scale
+    upsample = 1 if scale == 1.0 else 0
+    boxes = [(r.left(), r.top(), r.right(), r.bottom()) for r in det(gray, upsample)]
+    return np.asarray(boxes, np.float64).reshape(-1, 4)
+
+
+def _center(box):
+    return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+
+
+def predict_landmarks(frame: np.ndarray, box) -> np.ndarray:
+    """68 landmarks [68, 2] (x, y), float, in `frame`'s pixels, for the face in `box` (x0, y0, x1, y1)."""
+    m = _models()
+    rect = m["rect"](*(int(round(v)) for v in box))
+    shape = m["predictor"](frame, rect)
+    return np.array([(p.x, p.y) for p in shape.parts()], np.float64)
+
+
+class FaceTracker:
+    """Per-frame 68-point landmarks of one face: the largest in the first frame that has a face, then in
+    every frame the detection nearest the previous one (within a gate, so it does not jump to another face)."""
+
+    def __init__(self, detect_long_side: int = 480, log: Callable[[str], None] = _log_stderr):
+        self.detect_long_side = detect_long_side
+        self.log = log
+        self.box = None  # last tracked box, full-frame pixels
+        self.missed = 0
+        self.frame_index = -1
+        self.reported_faces = False
+
+    def _track_window(self, gray: np.ndarray):
+        """Detections in a window around the previous box, in full-frame pixels."""
+        x0, y0, x1, y1 = self.box
+        bw = max(x1 - x0, y1 - y0, 1.0)
+        cx, cy = _center(self.box)
+        half = 1.5 * bw
+        h, w = gray.shape
+        wx0, wy0 = int(max(0, cx - half)), int(max(0, cy - half))
+        wx1, wy1 = int(min(w, cx + half)), int(min(h, cy + half))
+        if wx1 - wx0 < 16 or wy1 - wy0 < 16:
+            return np.zeros((0, 4))
+        scale = TRACK_FACE_PX / bw
+        window = _resize(gray[wy0:wy1, wx0:wx1], scale)
+        det = _models()["detector"]
+        boxes = [(r.left(), r.top(), r.right(), r.bottom()) for r in det(window, 0)]
+        if not boxes:
+            return np.zeros((0, 4))
+        return np.asarray(boxes, np.float64) / scale + np.array([wx0, wy0, wx0, wy0])
+
+    def __call__(self, frame: np.ndarray):
+        """Landmarks [68, 2] of the tracked face in this frame, or None if it is not found."""
+        self.frame_index += 1
+        gray = _gray(frame)
+        chosen = None
+        if self.box is not None:
+            boxes = self._track_window(gray)
+            if len(boxes) == 0:
+                boxes = detect_faces(gray, self.detect_long_side)
+            if len(boxes):
+                dist = np.linalg.norm([_center(b) - _center(self.box) for b in boxes], axis=1)
+                bw = self.box[2] - self.box[0]
+                k = int(np.argmin(dist))
+                if dist[k] <= TRACK_GATE * bw * (1 + self.missed):
+                    chosen = boxes[k]
+        else:
+            boxes = detect_faces(gray, self.detect_long_side)
+            if len(boxes):
+                areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+                k = int(np.argmax(areas))
+                chosen = boxes[k]
+                if len(boxes) > 1 and not self.reported_faces:
+                    x0, y0, x1, y1 = chosen
+                    self.log(f"{len(boxes)} faces found in frame {self.frame_index}, tracking the largest "
+                             f"({x1 - x0:.0f}x{y1 - y0:.0f} px at x={x0:.0f}, y={y0:.0f})")
+                    self.reported_faces = True
+        if chosen is None:
+            self.missed += 1
+            return None
+        self.box = chosen
+        self.missed = 0
+        return predict_landmarks(frame, chosen)

@@ -1,0 +1,264 @@
+"""Video I/O: a streaming RGB frame reader, an H.264 writer, side-by-side composition, disk-backed frames.
+
+Reading runs the ffmpeg binary bundled with imageio-ffmpeg as a subprocess that pipes raw rgb24 frames, so
+memory stays at one frame however long the video is. ffmpeg runs with `-xerror`, so a decoding error (a
+damaged stream) stops it with a non-zero status, which the reader turns into a `VideoError` instead of
+silently returning a shortened or garbled video.
+
+Frames that do not fit in memory (aligned 1024² crops of a long video) live in an `.npy` file opened as a
+memmap: `frames.npy`, uint8 `[T, H, W, 3]`, readable with `np.load(path, mmap_mode="r")`.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+
+
+class VideoError(ValueError):
+    """A video cannot be read or written; the message is one line naming the file and the problem."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: str
+    fps: float
+    frame_size: tuple[int, int]  # (width, height) in pixels
+    duration_s: float  # from the container; may be approximate
+
+    @property
+    def approx_frames(self) -> int:
+        return int(round(self.duration_s * self.fps))
+
+
+def _ffmpeg_exe() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _last_error_line(text: str) -> str:
+    """The most informative line of ffmpeg's stderr (its last error line, with the [tag @ 0x..] stripped)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "rror" in ln or "nvalid" in ln or "does not contain" in ln:
+            return ln.split("] ", 1)[-1] if ln.startswith("[") else ln
+    return lines[-1] if lines else "no message"
+
+
+def _check_readable(path: str) -> None:
+    if not os.path.exists(path):
+        raise VideoError(f"cannot read video {path}: no such file")
+    if os.path.isdir(path):
+        raise VideoError(f"cannot read video {path}: it is a directory, not a video file")
+    if not os.access(path, os.R_OK):
+        raise VideoError(f"cannot read video {path}: permission denied")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"cannot read video {path}: the file is empty (0 bytes)")
+
+
+def probe(path: str) -> VideoInfo:
+    """fps, frame size and duration of a video file; `VideoError` if ffmpeg cannot open it as a video."""
+    import imageio_ffmpeg
+
+    path = os.fspath(path)
+    _check_readable(path)
+    gen = imageio_ffmpeg.read_frames(path)
+    try:
+        meta = next(gen)
+    except Exception as err:  # imageio-ffmpeg raises OSError with the full ffmpeg log
+        msg = str(err)
+        if "does not contain any stream" in msg:
+            raise VideoError(f"cannot read video {path}: it has no video stream") from None
+        raise VideoError(
+            f"cannot read video {path}: not a video or corrupt (ffmpeg: {_last_error_line(msg)})") from None
+    finally:
+        gen.close()
+    width, height = (int(v) for v in meta["size"])
+    fps = float(meta.get("fps") or 0.0)
+    if width <= 0 or height <= 0 or not fps > 0:
+        raise VideoError(f"cannot read video {path}: no usable video stream (size {width}x{height}, fps {fps})")
+    return VideoInfo(path=path, fps=fps, frame_size=(width, height), duration_s=float(meta.get("duration") or 0.0))
+
+
+def iter_frames(path: str, info: VideoInfo | None = None) -> Iterator[np.ndarray]:
+    """Yield the frames of `path` one at a time as RGB uint8 arrays [H, W, 3].
+
+    Raises `VideoError` if the file has no frames at all or if decoding fails part-way (corrupt stream).
+    """
+    info = info or probe(path)
+    width, height = info.frame_size
+    frame_bytes = width * height * 3
+    cmd = [_ffmpeg_exe(), "-nostdin", "-v", "error", "-xerror", "-i", info.path,
+           "-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "rgb24", "-fps_mode", "passthrough", "-"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            bufsize=frame_bytes)
+    errors: list[bytes] = []
+    # Drain stderr on a thread so a chatty ffmpeg can never block on a full pipe.
+    drain = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
+    drain.start()
+    count = 0
+    finished = False
+    try:
+        while True:
+            buf = proc.stdout.read(frame_bytes)
+            if not buf:
+                break
+            if len(buf) < frame_bytes:
+                raise VideoError(f"cannot read video {info.path}: truncated frame {count} (corrupt file)")
+            count += 1
+            yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
+        proc.wait()
+        drain.join(timeout=5)
+        finished = True
+        if proc.returncode != 0:
+            msg = _last_error_line(b"".join(errors).decode("utf-8", "replace"))
+            raise VideoError(f"cannot read video {info.path}: decoding failed after {count} frames, "
+                             f"the file is corrupt (ffmpeg: {msg})")
+        if count == 0:
+            raise VideoError(f"cannot read video {info.path}: it contains no video frames")
+    finally:
+        if not finished and proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+        proc.wait()
+
+
+def read_video(path: str) -> tuple[Iterator[np.ndarray], VideoInfo]:
+    """(frame iterator, info); the file is opened (and validated) before this returns."""
+    info = probe(path)
+    return iter_frames(path, info), info
+
+
+def _even(n: int) -> int:
+    return n + (n % 2)
+
+
+class VideoWriter:
+    """H.264 (libx264, yuv420p) mp4 writer; use as a context manager.
+
+    yuv420p needs even width and height: odd frames get one replicated edge row/column. The file is written
+    under a temporary name and renamed on a clean close, so a failed write never leaves a complete-looking mp4.
+    """
+
+    def __init__(self, path: str, fps: float, crf: int = 16):
+        self.path = os.fspath(path)
+        self.fps = float(fps)
+        self.crf = int(crf)
+        self._tmp = os.path.join(os.path.dirname(os.path.abspath(self.path)),
+                                 f".{os.path.basename(self.path)}.partial-{os.getpid()}.mp4")
+        self._gen = None
+        self._size = None
+        self.frames_written = 0
+
+    def __enter__(self):
+        return self
+
+    def write(self, frame: np.ndarray) -> None:
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise VideoError(f"cannot write {self.path}: frames must be uint8 [H, W, 3], got {frame.dtype} {frame.shape}")
+        h, w = frame.shape[:2]
+        if self._gen is None:
+            import imageio_ffmpeg
+
+            self._size = (w, h)
+            self._gen = imageio_ffmpeg.write_frames(
+                self._tmp, (_even(w), _even(h)), fps=self.fps, codec="libx264", pix_fmt_out="yuv420p",
+                quality=None, macro_block_size=1, output_params=["-crf", str(self.crf)], ffmpeg_log_level="error")
+            self._gen.send(None)
+        elif (w, h) != self._size:
+            raise VideoError(f"cannot write {self.path}: frame size changed from {self._size} to {(w, h)}")
+        if h % 2 or w % 2:
+            frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        self._gen.send(np.ascontiguousarray(frame))
+        self.frames_written += 1
+
+    def close(self) -> None:
+        if self._gen is None:
+            raise VideoError(f"cannot write {self.path}: no frames were given")
+        self._gen.close()
+        self._gen = None
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        if self._gen is not None:
+            try:
+                self._gen.close()
+            except Exception:
+                pass
+            self._gen = None
+        if os.path.exists(self._tmp):
+            os.remove(self._tmp)
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
+def write_video(path: str, frames: Iterable[np.ndarray], fps: float, crf: int = 16) -> int:
+    """Write all `frames` to an H.264 mp4 at `fps`; returns the number of frames written."""
+    with VideoWriter(path, fps, crf=crf) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return writer.frames_written
+
+
+def side_by_side(*frames: np.ndarray, height: int | None = None) -> np.ndarray:
+    """Panels placed left to right, each resized (area/cubic) to a common height (default: the first's)."""
+    import cv2
+
+    height = height or frames[0].shape[0]
+    panels = []
+    for frame in frames:
+        h, w = frame.shape[:2]
+        if h != height:
+            new_w = max(1, int(round(w * height / h)))
+            interp = cv2.INTER_AREA if h > height else cv2.INTER_CUBIC
+            frame = cv2.resize(frame, (new_w, height), interpolation=interp)
+        panels.append(frame)
+    return np.concatenate(panels, axis=1)
+
+
+def compose_side_by_side(path: str, videos: list[str], height: int | None = None, crf: int = 16) -> int:
+    """Write an mp4 showing `videos` side by side (at the first video's fps); stops at the shortest."""
+    readers = [read_video(v) for v in videos]
+    fps = readers[0][1].fps
+    iters = [r[0] for r in readers]
+    with VideoWriter(path, fps, crf=crf) as writer:
+        for frames in zip(*iters):
+            writer.write(side_by_side(*frames, height=height))
+    for it in iters:
+        it.close()
+    return writer.frames_written
+
+
+def open_frame_store(path: str, count: int, height: int, width: int) -> np.memmap:
+    """A writable uint8 memmap `[count, height, width, 3]` backed by the .npy file `path`."""
+    return np.lib.format.open_memmap(os.fspath(path), mode="w+", dtype=np.uint8, shape=(count, height, width, 3))
+
+
+def load_frames(path: str) -> np.ndarray:
+    """Frames from a `frames.npy` (memmapped, read-only), a directory containing one, or any video file."""
+    path = os.fspath(path)
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "frames.npy")):
+        path = os.path.join(path, "frames.npy")
+    if path.endswith(".npy"):
+        if not os.path.exists(path):
+            raise VideoError(f"cannot read frames {path}: no such file")
+        try:
+            frames = np.load(path, mmap_mode="r")
+        except Exception as err:
+            raise VideoError(f"cannot read frames {path}: not a valid .npy file ({err})") from None
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
+            raise VideoError(f"cannot read frames {path}: expected uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+        return frames
+    frames, _ = read_video(path)
+    return np.stack(list(frames))
