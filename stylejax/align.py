@@ -82,12 +82,39 @@ def level_axis(x: np.ndarray) -> np.ndarray:
 
 
 def smooth(values: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing over time (axis 0) as STIT does (scipy, mode 'reflect', truncate 4); σ=0: as is."""
-    if sigma <= 0 or len(values) < 2:
-        return np.asarray(values, np.float64)
+    """Gaussian smoothing over time (axis 0, truncate 4 as STIT's scipy call); σ=0 returns the values as is.
+
+    STIT pads the ends by even reflection, which pulls the first and last frames of a face that moves
+    steadily back towards the interior (a lag of ~0.8σ·velocity). Here the ends are padded with the linear
+    trend of the nearest 2σ+1 frames plus the reflected residuals, so steady motion passes through unchanged
+    while noise at the ends is still averaged.
+    """
+    values = np.asarray(values, np.float64)
+    if sigma <= 0 or len(values) < 3:
+        return values
     from scipy.ndimage import gaussian_filter1d
 
-    return gaussian_filter1d(np.asarray(values, np.float64), sigma, axis=0)
+    n = len(values)
+    radius = int(4 * sigma + 0.5)
+    pad = min(radius, n - 1)
+    m = min(n, max(3, int(2 * sigma) + 1))
+    t = np.arange(m, dtype=np.float64)
+    flat = values.reshape(n, -1)
+
+    def extend(block):  # block [m, k] at the start; returns [pad, k] for times -pad..-1
+        slope, icpt = np.polyfit(t, block, 1)
+        trend = lambda tt: icpt + np.outer(tt, slope)
+        k = np.arange(pad, 0, -1)  # times -pad..-1 mirror to pad..1
+        mirrored = flat_block_src[k]
+        return trend(-k.astype(np.float64)) + (mirrored - trend(k.astype(np.float64)))
+
+    flat_block_src = flat
+    head = extend(flat[:m])
+    flat_block_src = flat[::-1]
+    tail = extend(flat[::-1][:m])[::-1]
+    padded = np.concatenate([head, flat, tail], 0)
+    out = gaussian_filter1d(padded, sigma, axis=0, mode="nearest", truncate=4.0)[pad:pad + n]
+    return out.reshape(values.shape)
 
 
 def jitter(quads: np.ndarray) -> float:
@@ -257,7 +284,7 @@ def paste_back(frame: np.ndarray, crop: np.ndarray, quad: np.ndarray, mask: np.n
 # --------------------------------------------------------------------------------------------------------
 
 def track_landmarks(video: str, max_frames: int | None = None, max_gap: int = 15, min_eye_dist: float = 32.0,
-                    detect_long_side: int = 480, log: Callable[[str], None] = _log_stderr):
+                    detect_long_side: int = 480, refine: int = 1, log: Callable[[str], None] = _log_stderr):
     """Pass 1: landmarks [T,68,2] (gaps interpolated), valid [T], and the video's `VideoInfo`.
 
     Fails (AlignError) as soon as the face has been missing for more than `max_gap` frames, when it never
@@ -266,7 +293,7 @@ def track_landmarks(video: str, max_frames: int | None = None, max_gap: int = 15
     from stylejax.landmarks import FaceTracker
 
     info = probe(video)
-    tracker = FaceTracker(detect_long_side=detect_long_side, log=log)
+    tracker = FaceTracker(detect_long_side=detect_long_side, refine=refine, log=log)
     landmarks, valid = [], []
     frames = iter_frames(video, info)
     try:

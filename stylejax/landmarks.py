@@ -19,6 +19,13 @@ import numpy as np
 
 # dlib's HOG detector finds faces from about 80 px wide; tracking windows are rescaled to put the face here.
 TRACK_FACE_PX = 120
+# Refinement: the predictor re-runs on an upright copy of the face scaled so the FFHQ half-axis |x| is this
+# many px, in a box placed from the landmarks (centre c + 0.2|x| down, side 1.25|x|: the mean dlib detector
+# box relative to the FFHQ frame, measured on the fixtures). This removes the detector box's quantisation and
+# the head's roll from what the predictor sees, so landmarks follow the face (near-)equivariantly.
+REFINE_AXIS_PX = 256
+REFINE_BOX = (0.2, 1.25)
+REFINE_JITTER = lambda half: [(0, 0, 1)] + [(a * 0.04 * half, b * 0.04 * half, 1.0) for a, b in ((1, 1), (-1, 1), (1, -1), (-1, -1))]
 # A tracked face may move this many box widths (plus the same per missed frame) between detections.
 TRACK_GATE = 1.0
 
@@ -101,12 +108,45 @@ def predict_landmarks(frame: np.ndarray, box) -> np.ndarray:
     return np.array([(p.x, p.y) for p in shape.parts()], np.float64)
 
 
+def refine_landmarks(frame: np.ndarray, landmarks: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """Re-run the predictor on a roll-free, scale-normalised copy of the face around `landmarks`.
+
+    `frame` may be RGB or grayscale (the predictor works on intensity; gray is 3× cheaper to warp)."""
+    import cv2
+
+    from stylejax.align import _prefilter, crop_frame
+
+    side = int(2 * REFINE_BOX[1] * REFINE_AXIS_PX)
+    for _ in range(iterations):
+        c, x = crop_frame(landmarks)
+        r = float(np.hypot(*x))
+        k = REFINE_AXIS_PX / r
+        cos, sin = x / r
+        # canonical pixel q -> frame pixel p = c + (R(theta) (q - centre)) / k
+        centre = side / 2
+        to_frame = np.array([[cos / k, -sin / k, 0.0], [sin / k, cos / k, 0.0]])
+        to_frame[:, 2] = c - to_frame[:, :2] @ [centre, centre]
+        src, affine = _prefilter(frame, to_frame, side, side)
+        upright = cv2.warpAffine(src, affine, (side, side), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                 borderMode=cv2.BORDER_REFLECT_101)
+        bc = centre + REFINE_BOX[0] * REFINE_AXIS_PX
+        half = REFINE_BOX[1] * REFINE_AXIS_PX / 2
+        # Average over a few slightly shifted/scaled boxes: the predictor's answer depends on where its mean
+        # shape starts, and averaging those starts cancels much of that per-frame noise.
+        lm = np.mean([predict_landmarks(upright, (centre + dx - half * ds, bc + dy - half * ds,
+                                                  centre + dx + half * ds, bc + dy + half * ds))
+                      for dx, dy, ds in REFINE_JITTER(half)], axis=0)
+        landmarks = lm @ to_frame[:, :2].T + to_frame[:, 2]
+    return landmarks
+
+
 class FaceTracker:
     """Per-frame 68-point landmarks of one face: the largest in the first frame that has a face, then in
     every frame the detection nearest the previous one (within a gate, so it does not jump to another face)."""
 
-    def __init__(self, detect_long_side: int = 480, log: Callable[[str], None] = _log_stderr):
+    def __init__(self, detect_long_side: int = 480, refine: int = 1, log: Callable[[str], None] = _log_stderr):
         self.detect_long_side = detect_long_side
+        self.refine = refine
         self.log = log
         self.box = None  # last tracked box, full-frame pixels
         self.missed = 0
@@ -135,7 +175,7 @@ class FaceTracker:
     def __call__(self, frame: np.ndarray):
         """Landmarks [68, 2] of the tracked face in this frame, or None if it is not found."""
         self.frame_index += 1
-        gray = _gray(frame)
+        gray = _gray(frame) if frame.ndim == 3 else frame
         chosen = None
         if self.box is not None:
             boxes = self._track_window(gray)
@@ -163,4 +203,5 @@ class FaceTracker:
             return None
         self.box = chosen
         self.missed = 0
-        return predict_landmarks(frame, chosen)
+        landmarks = predict_landmarks(gray, chosen)
+        return refine_landmarks(gray, landmarks, self.refine) if self.refine else landmarks
