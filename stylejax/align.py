@@ -164,7 +164,8 @@ def transforms_from_landmarks(landmarks: np.ndarray, valid: np.ndarray, center_s
     smoothed axis), `center` [T,2], `x_axis` [T,2] (smoothed, with roll).
     """
     valid = np.asarray(valid, bool)
-    c, x = crop_frame(landmarks)
+    c, x = np.zeros((len(valid), 2)), np.zeros((len(valid), 2))
+    c[valid], x[valid] = crop_frame(np.asarray(landmarks)[valid])  # missing frames may hold garbage
     c, x = fill_gaps(c, valid), fill_gaps(x, valid)
     # STIT: smooth c and x over time; y is derived from x, so the crop stays square.
     c, x = smooth(c, center_sigma), smooth(x, axes_sigma)
@@ -283,19 +284,15 @@ def paste_back(frame: np.ndarray, crop: np.ndarray, quad: np.ndarray, mask: np.n
 # Video pipeline
 # --------------------------------------------------------------------------------------------------------
 
-def track_landmarks(video: str, max_frames: int | None = None, max_gap: int = 15, min_eye_dist: float = 32.0,
-                    detect_long_side: int = 480, refine: int = 1, log: Callable[[str], None] = _log_stderr):
-    """Pass 1: landmarks [T,68,2] (gaps interpolated), valid [T], and the video's `VideoInfo`.
-
-    Fails (AlignError) as soon as the face has been missing for more than `max_gap` frames, when it never
-    appears, or when a face is too small to align (eye-to-eye distance < `min_eye_dist` px).
-    """
+def _landmark_stream(video: str, info, max_frames: int | None, max_gap: int, min_eye_dist: float,
+                     detect_long_side: int, refine: int, log: Callable[[str], None]):
+    """Yield (t, frame, landmarks [68,2] or None) for each frame, failing fast (AlignError) as soon as the
+    face has been missing for more than `max_gap` frames or is too small to align."""
     from stylejax.landmarks import FaceTracker
 
-    info = probe(video)
     tracker = FaceTracker(detect_long_side=detect_long_side, refine=refine, log=log)
-    landmarks, valid = [], []
     frames = iter_frames(video, info)
+    last_valid, seen_face = -1, False
     try:
         for t, frame in enumerate(frames):
             if max_frames is not None and t >= max_frames:
@@ -306,21 +303,30 @@ def track_landmarks(video: str, max_frames: int | None = None, max_gap: int = 15
                 if eyes < min_eye_dist:
                     raise AlignError(f"face too small to align in {video}: eye-to-eye distance {eyes:.1f} px "
                                      f"in frame {t} (need >= {min_eye_dist:g} px; use a higher-resolution video)")
-            landmarks.append(lm if lm is not None else np.full((68, 2), np.nan))
-            valid.append(lm is not None)
-            run = len(valid) - 1 - max([i for i, v in enumerate(valid) if v], default=-1)
-            if run > max_gap:
-                if not any(valid):
-                    raise AlignError(f"no face found in {video}: none in its first {run} frames "
+                last_valid, seen_face = t, True
+            elif t - last_valid > max_gap:
+                if not seen_face:
+                    raise AlignError(f"no face found in {video}: none in its first {t + 1} frames "
                                      f"(more than --max-gap {max_gap})")
                 raise AlignError(f"face lost in {video} for more than --max-gap {max_gap} frames "
-                                 f"(missing from frame {t - run + 1})")
+                                 f"(missing from frame {last_valid + 1})")
+            yield t, frame, lm
     finally:
         frames.close()
-    if not any(valid):
-        raise AlignError(f"no face found in {video} ({len(valid)} frames)")
+    if not seen_face:
+        raise AlignError(f"no face found in {video}")
+
+
+def track_landmarks(video: str, max_frames: int | None = None, max_gap: int = 15, min_eye_dist: float = 32.0,
+                    detect_long_side: int = 480, refine: int = 1, log: Callable[[str], None] = _log_stderr):
+    """Landmarks [T,68,2] (gaps interpolated), valid [T], and the video's `VideoInfo` (no rendering)."""
+    info = probe(video)
+    landmarks, valid = [], []
+    for _, _, lm in _landmark_stream(video, info, max_frames, max_gap, min_eye_dist, detect_long_side, refine, log):
+        landmarks.append(lm if lm is not None else np.zeros((68, 2)))
+        valid.append(lm is not None)
     landmarks, valid = np.stack(landmarks), np.asarray(valid)
-    return fill_gaps(np.nan_to_num(landmarks), valid), valid, info
+    return fill_gaps(landmarks, valid), valid, info
 
 
 def _draw_preview(frame: np.ndarray, landmarks: np.ndarray, quad: np.ndarray, valid: bool,
@@ -343,12 +349,22 @@ def _draw_preview(frame: np.ndarray, landmarks: np.ndarray, quad: np.ndarray, va
 def align_video(video: str, out_dir: str, size: int = 1024, center_sigma: float = 1.0, axes_sigma: float = 3.0,
                 keep_roll: bool = False, preview: bool = False, max_gap: int = 15, min_eye_dist: float = 32.0,
                 max_frames: int | None = None, resample: str = "cubic", overwrite: bool = False,
-                log: Callable[[str], None] = _log_stderr) -> dict:
+                detect_long_side: int = 480, refine: int = 1, log: Callable[[str], None] = _log_stderr) -> dict:
     """Align every frame of `video` into `out_dir` (frames.npy, transforms.npz, preview.mp4 if asked).
 
-    Everything is written to a temporary sibling directory that is renamed to `out_dir` only at the end, so
-    a failure never leaves a complete-looking output. Returns the transforms dict.
+    One decoding pass: frame t is rendered as soon as the (smoothed) transform of t is final, i.e. once a
+    face has been seen at or after t + 4·max(σ) (the Gaussian's reach); the crops of frames waiting for that
+    are the only frames held in memory. Rendering runs on a worker thread (OpenCV releases the GIL) while
+    dlib tracks the next frames. Everything is written to a temporary sibling directory that is renamed to
+    `out_dir` at the end, so a failure never leaves a complete-looking output. Returns the transforms dict
+    (also with `timing_s`).
     """
+    import collections
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stylejax.video import FrameFileWriter
+
     video, out_dir = os.path.abspath(video), os.path.abspath(out_dir.rstrip("/"))
     if size < 16 or size % 2:
         raise AlignError(f"--size must be an even number >= 16, got {size}")
@@ -362,43 +378,85 @@ def align_video(video: str, out_dir: str, size: int = 1024, center_sigma: float 
     parent = os.path.dirname(out_dir)
     if not os.path.isdir(parent):
         raise AlignError(f"cannot write {out_dir}: the parent directory {parent} does not exist")
+    info = probe(video)
 
-    landmarks, valid, info = track_landmarks(video, max_frames=max_frames, max_gap=max_gap,
-                                             min_eye_dist=min_eye_dist, log=log)
-    tf = transforms_from_landmarks(landmarks, valid, center_sigma, axes_sigma, keep_roll)
-    count = len(valid)
-    if (~valid).any():
-        log(f"face missing in {int((~valid).sum())} of {count} frames; transforms interpolated there")
-
+    reach = max(int(4 * sg + 0.5) for sg in (center_sigma, axes_sigma, 0))
     tmp = f"{out_dir}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
+    store = FrameFileWriter(os.path.join(tmp, "frames.npy"), size, size)
+    writer = VideoWriter(os.path.join(tmp, "preview.mp4"), info.fps) if preview else None
+    pool = ThreadPoolExecutor(max_workers=1)
+    in_flight = collections.deque()
+    landmarks, valid = [], []
+    c_raw, x_raw = [], []  # per-frame crop frames; gaps filled as soon as the face is back
+    pending = collections.deque()  # (t, frame) decoded but not yet rendered
+    timing = {"wall": 0.0}
+    t_start = time.perf_counter()
+
+    def emit(t, frame, quad, level):
+        store.write(render_crop(frame, quad, size, resample))
+        if writer is not None:
+            writer.write(_draw_preview(frame, landmarks[t], quad, valid[t], level))
+
+    def submit(upto: int, final: bool):
+        """Render pending frames whose transform is final given raw values up to index `upto`."""
+        while pending and (final or pending[0][0] + reach <= upto):
+            t, frame = pending.popleft()
+            lo = max(0, t - 2 * reach)
+            hi = len(c_raw) if final else upto + 1
+            c = smooth(np.asarray(c_raw[lo:hi]), center_sigma)[t - lo]
+            x = smooth(np.asarray(x_raw[lo:hi]), axes_sigma)[t - lo]
+            quad = quad_from_frame(c, level_axis(x) if keep_roll else x)
+            level = quad_from_frame(c, x) if keep_roll else None
+            in_flight.append(pool.submit(emit, t, frame, quad, level))
+            while len(in_flight) > 3:  # bound memory and surface render errors early
+                in_flight.popleft().result()
+
     try:
-        # Pass 2: decode again and render each crop straight into the on-disk frame store.
-        store = open_frame_store(os.path.join(tmp, "frames.npy"), count, size, size)
-        level = quad_from_frame(tf["center"], tf["x_axis"]) if keep_roll else None
-        writer = VideoWriter(os.path.join(tmp, "preview.mp4"), info.fps) if preview else None
-        frames = iter_frames(video, info)
-        t = -1
-        try:
-            for t, frame in enumerate(frames):
-                if t >= count:
-                    break
-                store[t] = render_crop(frame, tf["quad"][t], size, resample)
-                if writer is not None:
-                    writer.write(_draw_preview(frame, landmarks[t], tf["quad"][t], bool(valid[t]),
-                                               None if level is None else level[t]))
-        finally:
-            frames.close()
-        if t + 1 < count:
-            raise AlignError(f"{video} gave {t + 1} frames on the second read, {count} on the first")
+        for t, frame, lm in _landmark_stream(video, info, max_frames, max_gap, min_eye_dist, detect_long_side,
+                                             refine, log):
+            valid.append(lm is not None)
+            landmarks.append(lm if lm is not None else np.zeros((68, 2)))
+            pending.append((t, frame))
+            if lm is None:
+                c_raw.append(None), x_raw.append(None)
+                continue
+            c, x = crop_frame(lm)
+            c_raw.append(c), x_raw.append(x)
+            # the face is back: fill the gap behind it (leading gap: hold the first detection)
+            k = t - 1
+            while k >= 0 and not valid[k]:
+                k -= 1
+            if k < t - 1:
+                idx = list(range(k + 1, t))
+                for arr, cur in ((c_raw, c), (x_raw, x), (landmarks, lm)):
+                    prev = arr[k] if k >= 0 else cur
+                    for i in idx:
+                        w = (i - k) / (t - k) if k >= 0 else 1.0
+                        arr[i] = (1 - w) * prev + w * cur
+            submit(t, final=False)
+        # end of video: hold the last detection over a trailing gap, then flush
+        last = max(i for i, v in enumerate(valid) if v)
+        for arr in (c_raw, x_raw, landmarks):
+            for i in range(last + 1, len(arr)):
+                arr[i] = arr[last]
+        submit(len(c_raw) - 1, final=True)
+        while in_flight:
+            in_flight.popleft().result()
+        pool.shutdown()
+        timing["wall"] = time.perf_counter() - t_start
+        count = len(valid)
+        landmarks_arr, valid_arr = np.stack(landmarks), np.asarray(valid)
+        tf = transforms_from_landmarks(landmarks_arr, valid_arr, center_sigma, axes_sigma, keep_roll)
+        store.close()
         if writer is not None:
             writer.close()
-        store.flush()
-        del store
-        np.savez(os.path.join(tmp, "transforms.npz"), quad=tf["quad"].astype(np.float32),
-                 roll_deg=tf["roll_deg"].astype(np.float32), landmarks=landmarks.astype(np.float32),
-                 valid=valid, fps=np.float64(info.fps), frame_size=np.array(info.frame_size, np.int32),
+        if (~valid_arr).any():
+            log(f"face missing in {int((~valid_arr).sum())} of {count} frames; transforms interpolated there")
+        np.savez(os.path.join(tmp, "transforms.npz"), quad=tf["quad"],
+                 roll_deg=tf["roll_deg"].astype(np.float32), landmarks=landmarks_arr.astype(np.float32),
+                 valid=valid_arr, fps=np.float64(info.fps), frame_size=np.array(info.frame_size, np.int32),
                  size=np.int32(size), keep_roll=np.bool_(keep_roll), center=tf["center"].astype(np.float32),
                  x_axis=tf["x_axis"].astype(np.float32),
                  sigmas=np.array([center_sigma, axes_sigma], np.float32))
@@ -410,11 +468,13 @@ def align_video(video: str, out_dir: str, size: int = 1024, center_sigma: float 
         else:
             os.rename(tmp, out_dir)
     except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        store.abort()
         if writer is not None:
             writer.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    tf.update(landmarks=landmarks, valid=valid, fps=info.fps, frame_size=info.frame_size)
+    tf.update(landmarks=landmarks_arr, valid=valid_arr, fps=info.fps, frame_size=info.frame_size, timing_s=timing)
     return tf
 
 

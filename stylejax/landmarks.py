@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 # dlib's HOG detector finds faces from about 80 px wide; tracking windows are rescaled to put the face here.
-TRACK_FACE_PX = 120
+TRACK_FACE_PX = 100
 # Refinement: the predictor re-runs on an upright copy of the face scaled so the FFHQ half-axis |x| is this
 # many px, in a box placed from the landmarks (centre c + 0.2|x| down, side 1.25|x|: the mean dlib detector
 # box relative to the FFHQ frame, measured on the fixtures). This removes the detector box's quantisation and
@@ -140,6 +140,19 @@ def refine_landmarks(frame: np.ndarray, landmarks: np.ndarray, iterations: int =
     return landmarks
 
 
+def _agrees(landmarks: np.ndarray, box) -> bool:
+    """Do landmarks sit where a detector box says the face is? (box placed as in REFINE_BOX; the HOG box is
+    quantised to ~8 px at detection scale, hence the loose 25% / ±30% bounds)."""
+    from stylejax.align import crop_frame
+
+    c, x = crop_frame(landmarks)
+    r = float(np.hypot(*x))
+    implied = c + REFINE_BOX[0] * r * np.array([-x[1], x[0]]) / r
+    width = box[2] - box[0]
+    return (np.linalg.norm(implied - _center(box)) < 0.25 * width
+            and 0.7 < REFINE_BOX[1] * r / width < 1.3)
+
+
 class FaceTracker:
     """Per-frame 68-point landmarks of one face: the largest in the first frame that has a face, then in
     every frame the detection nearest the previous one (within a gate, so it does not jump to another face)."""
@@ -150,6 +163,7 @@ class FaceTracker:
         self.log = log
         self.box = None  # last tracked box, full-frame pixels
         self.missed = 0
+        self.landmarks = None
         self.frame_index = -1
         self.reported_faces = False
 
@@ -158,7 +172,7 @@ class FaceTracker:
         x0, y0, x1, y1 = self.box
         bw = max(x1 - x0, y1 - y0, 1.0)
         cx, cy = _center(self.box)
-        half = 1.5 * bw
+        half = 1.0 * bw  # faces move far less than a box width between frames
         h, w = gray.shape
         wx0, wy0 = int(max(0, cx - half)), int(max(0, cy - half))
         wx1, wy1 = int(min(w, cx + half)), int(min(h, cy + half))
@@ -201,7 +215,18 @@ class FaceTracker:
         if chosen is None:
             self.missed += 1
             return None
+        landmarks = None
+        if self.refine and self.missed == 0 and self.landmarks is not None:
+            # consecutive frames: refine from the previous landmarks (saves a predictor run), but only keep
+            # the result if it agrees with this frame's detection, so errors cannot feed back frame to frame
+            landmarks = refine_landmarks(gray, self.landmarks, self.refine)
+            if not _agrees(landmarks, chosen):
+                landmarks = None
+        if landmarks is None:
+            landmarks = predict_landmarks(gray, chosen)
+            if self.refine:
+                landmarks = refine_landmarks(gray, landmarks, self.refine)
         self.box = chosen
         self.missed = 0
-        landmarks = predict_landmarks(gray, chosen)
-        return refine_landmarks(gray, landmarks, self.refine) if self.refine else landmarks
+        self.landmarks = landmarks
+        return landmarks

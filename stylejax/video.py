@@ -11,6 +11,7 @@ memmap: `frames.npy`, uint8 `[T, H, W, 3]`, readable with `np.load(path, mmap_mo
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ def _last_error_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for ln in reversed(lines):
         if "rror" in ln or "nvalid" in ln or "does not contain" in ln:
-            return ln.split("] ", 1)[-1] if ln.startswith("[") else ln
+            return re.sub(r"^(\[[^\]]*\]\s*)+", "", ln)  # drop "[dec:h264 @ 0x...]" tags
     return lines[-1] if lines else "no message"
 
 
@@ -238,6 +239,46 @@ def compose_side_by_side(path: str, videos: list[str], height: int | None = None
     for it in iters:
         it.close()
     return writer.frames_written
+
+
+class FrameFileWriter:
+    """Appends equally sized uint8 frames [H, W, 3] to a `.npy` file without knowing their count in advance.
+
+    The header is written with a fixed 128-byte size (a valid .npy v1.0 header, space-padded) and rewritten
+    with the final count on `close()`, so the file is a normal `np.load(..., mmap_mode="r")`-able array.
+    """
+
+    HEADER_BYTES = 128
+
+    def __init__(self, path: str, height: int, width: int):
+        self.path = os.fspath(path)
+        self.shape = (height, width, 3)
+        self.count = 0
+        self._f = open(self.path, "wb")
+        self._write_header()
+
+    def _write_header(self):
+        d = {"descr": "|u1", "fortran_order": False, "shape": (self.count, *self.shape)}
+        text = repr(d).encode("latin1")
+        pad = self.HEADER_BYTES - 10 - len(text) - 1
+        if pad < 0:
+            raise VideoError(f"cannot write {self.path}: frame count {self.count} does not fit the .npy header")
+        self._f.seek(0)
+        self._f.write(b"\x93NUMPY\x01\x00" + np.uint16(self.HEADER_BYTES - 10).tobytes() + text + b" " * pad + b"\n")
+
+    def write(self, frame: np.ndarray) -> None:
+        if frame.shape != self.shape or frame.dtype != np.uint8:
+            raise VideoError(f"cannot write {self.path}: expected uint8 {self.shape}, got {frame.dtype} {frame.shape}")
+        self._f.seek(self.HEADER_BYTES + self.count * frame.nbytes)
+        self._f.write(np.ascontiguousarray(frame).tobytes())
+        self.count += 1
+
+    def close(self) -> None:
+        self._write_header()
+        self._f.close()
+
+    def abort(self) -> None:
+        self._f.close()
 
 
 def open_frame_store(path: str, count: int, height: int, width: int) -> np.memmap:
