@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from stylejax.video import VideoError, VideoWriter, iter_frames, load_frames, open_frame_store, probe
+from stylejax.video import VideoError, VideoWriter, iter_frames, load_frames, probe
 
 
 class AlignError(ValueError):

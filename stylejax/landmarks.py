@@ -140,19 +140,6 @@ def refine_landmarks(frame: np.ndarray, landmarks: np.ndarray, iterations: int =
     return landmarks
 
 
-def _agrees(landmarks: np.ndarray, box) -> bool:
-    """Do landmarks sit where a detector box says the face is? (box placed as in REFINE_BOX; the HOG box is
-    quantised to ~8 px at detection scale, hence the loose 25% / ±30% bounds)."""
-    from stylejax.align import crop_frame
-
-    c, x = crop_frame(landmarks)
-    r = float(np.hypot(*x))
-    implied = c + REFINE_BOX[0] * r * np.array([-x[1], x[0]]) / r
-    width = box[2] - box[0]
-    return (np.linalg.norm(implied - _center(box)) < 0.25 * width
-            and 0.7 < REFINE_BOX[1] * r / width < 1.3)
-
-
 class FaceTracker:
     """Per-frame 68-point landmarks of one face: the largest in the first frame that has a face, then in
     every frame the detection nearest the previous one (within a gate, so it does not jump to another face)."""
@@ -163,7 +150,6 @@ class FaceTracker:
         self.log = log
         self.box = None  # last tracked box, full-frame pixels
         self.missed = 0
-        self.landmarks = None
         self.frame_index = -1
         self.reported_faces = False
 
@@ -215,18 +201,9 @@ class FaceTracker:
         if chosen is None:
             self.missed += 1
             return None
-        landmarks = None
-        if self.refine and self.missed == 0 and self.landmarks is not None:
-            # consecutive frames: refine from the previous landmarks (saves a predictor run), but only keep
-            # the result if it agrees with this frame's detection, so errors cannot feed back frame to frame
-            landmarks = refine_landmarks(gray, self.landmarks, self.refine)
-            if not _agrees(landmarks, chosen):
-                landmarks = None
-        if landmarks is None:
-            landmarks = predict_landmarks(gray, chosen)
-            if self.refine:
-                landmarks = refine_landmarks(gray, landmarks, self.refine)
+        landmarks = predict_landmarks(gray, chosen)
+        if self.refine:
+            landmarks = refine_landmarks(gray, landmarks, self.refine)
         self.box = chosen
         self.missed = 0
-        self.landmarks = landmarks
         return landmarks

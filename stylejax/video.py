@@ -5,8 +5,9 @@ memory stays at one frame however long the video is. ffmpeg runs with `-xerror`,
 damaged stream) stops it with a non-zero status, which the reader turns into a `VideoError` instead of
 silently returning a shortened or garbled video.
 
-Frames that do not fit in memory (aligned 1024² crops of a long video) live in an `.npy` file opened as a
-memmap: `frames.npy`, uint8 `[T, H, W, 3]`, readable with `np.load(path, mmap_mode="r")`.
+Frames that do not fit in memory (aligned 1024² crops of a long video) go to disk as they are made, in one
+`.npy` file (`FrameFileWriter`, count unknown in advance): `frames.npy`, uint8 `[T, H, W, 3]`, read back
+memory-mapped with `np.load(path, mmap_mode="r")` / `load_frames`.
 """
 from __future__ import annotations
 
@@ -281,25 +282,20 @@ class FrameFileWriter:
         self._f.close()
 
 
-def open_frame_store(path: str, count: int, height: int, width: int) -> np.memmap:
-    """A writable uint8 memmap `[count, height, width, 3]` backed by the .npy file `path`."""
-    return np.lib.format.open_memmap(os.fspath(path), mode="w+", dtype=np.uint8, shape=(count, height, width, 3))
-
-
 def load_frames(path: str) -> np.ndarray:
-    """Frames from a `frames.npy` (memmapped, read-only), a directory containing one, or any video file."""
+    """Aligned frames from a `frames.npy` or a directory holding one, memory-mapped read-only [T, H, W, 3].
+
+    (Videos of crops are streamed with `iter_frames` instead, so they never have to fit in memory.)
+    """
     path = os.fspath(path)
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, "frames.npy")):
+    if os.path.isdir(path):
         path = os.path.join(path, "frames.npy")
-    if path.endswith(".npy"):
-        if not os.path.exists(path):
-            raise VideoError(f"cannot read frames {path}: no such file")
-        try:
-            frames = np.load(path, mmap_mode="r")
-        except Exception as err:
-            raise VideoError(f"cannot read frames {path}: not a valid .npy file ({err})") from None
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
-            raise VideoError(f"cannot read frames {path}: expected uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
-        return frames
-    frames, _ = read_video(path)
-    return np.stack(list(frames))
+    if not os.path.exists(path):
+        raise VideoError(f"cannot read frames {path}: no such file")
+    try:
+        frames = np.load(path, mmap_mode="r")
+    except Exception as err:
+        raise VideoError(f"cannot read frames {path}: not a valid .npy file ({err})") from None
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
+        raise VideoError(f"cannot read frames {path}: expected uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+    return frames

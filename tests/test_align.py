@@ -14,7 +14,7 @@ pytest.importorskip("dlib")
 pytest.importorskip("cv2")
 
 from stylejax import align as al  # noqa: E402
-from stylejax.video import VideoError, iter_frames, probe, write_video  # noqa: E402
+from stylejax.video import VideoError, compose_side_by_side, iter_frames, probe, write_video  # noqa: E402
 
 N_FRAMES = 24
 ALIGNED = "4491301_aligned.mp4"
@@ -286,3 +286,57 @@ def test_writer_pads_odd_sizes_and_keeps_fps(tmp_path):
     assert info.frame_size == (46, 32) and info.fps == 25
     back = list(iter_frames(str(tmp_path / "odd.mp4")))
     assert len(back) == 3 and abs(int(back[1][:31, :45].mean()) - 128) <= 2
+
+
+def test_held_out_clip_placed_by_known_transform(fixtures_dir, tmp_path):
+    # Done-when check on other footage: 8775004 panels placed in a 1280x720 canvas by our own smooth
+    # similarity transforms (scale 0.55-0.65, roll -8..+8 deg), H.264-encoded, then aligned again.
+    import cv2
+
+    n = 16
+    t = np.arange(n)
+    scale = 0.6 + 0.05 * np.sin(t / 5)
+    theta = np.radians(8 * np.sin(t / 4))
+    A = np.zeros((n, 2, 3))
+    A[:, 0, 0] = A[:, 1, 1] = scale * np.cos(theta)
+    A[:, 1, 0], A[:, 0, 1] = scale * np.sin(theta), -scale * np.sin(theta)
+    A[:, 0, 2], A[:, 1, 2] = 330 + 6 * t, 40 + 2 * t
+    panels = list(itertools.islice(iter_frames(os.path.join(fixtures_dir, "8775004_aligned.mp4")), n))
+    canvas = [cv2.warpAffine(p, a, (1280, 720), flags=cv2.INTER_LANCZOS4, borderMode=cv2.BORDER_CONSTANT,
+                             borderValue=(70, 90, 110)) for p, a in zip(panels, A)]
+    write_video(str(tmp_path / "placed.mp4"), canvas, 30)
+    ones = np.ones(n, bool)
+    lm_p, valid_p, _ = al.track_landmarks(os.path.join(fixtures_dir, "8775004_aligned.mp4"), max_frames=n,
+                                          log=lambda m: None)
+    lm_c, valid_c, _ = al.track_landmarks(str(tmp_path / "placed.mp4"), log=lambda m: None)
+    assert valid_p.all() and valid_c.all()
+    q_p = al.transforms_from_landmarks(lm_p, ones, 0, 0)["quad"]
+    q_c = al.transforms_from_landmarks(lm_c, ones, 0, 0)["quad"]
+    err = np.linalg.norm(_map(A, q_p) - q_c, axis=-1) / scale[:, None]
+    roll_err = (al.transforms_from_landmarks(lm_c, ones, 0, 0)["roll_deg"]
+                - al.transforms_from_landmarks(lm_p, ones, 0, 0)["roll_deg"] - np.degrees(theta))
+    mq = _map(A, q_p)
+    x = (mq[:, 3] + mq[:, 2] - mq[:, 0] - mq[:, 1]) / 4
+    smoothed_mapped = al.quad_from_frame(al.smooth(mq.mean(1), 1.0), al.smooth(x, 3.0))
+    smoothed_c = al.transforms_from_landmarks(lm_c, ones, 1.0, 3.0)["quad"]
+    err_s = np.linalg.norm(smoothed_mapped - smoothed_c, axis=-1) / scale[:, None]
+    print(f"held-out 8775004 at 1024 scale: per-frame corner error mean {err.mean():.2f} px, max {err.max():.2f} px; "
+          f"stabilised mean {err_s.mean():.2f} px, max {err_s.max():.2f} px; roll error mean "
+          f"{np.abs(roll_err).mean():.3f} deg")
+    # The target (<= 2 px) holds for the stabilised transforms the stage outputs; single frames carry
+    # ~1.5 px of dlib noise on each side, so their difference is held to a looser 3 px mean.
+    assert err_s.mean() <= 2.0 and err_s.max() <= 5.0
+    assert err.mean() <= 3.0 and err.max() <= 10.0
+    assert np.abs(roll_err).mean() < 0.3
+
+
+def test_side_by_side_video(tmp_path):
+    a = [np.full((40, 60, 3), 200, np.uint8)] * 4
+    b = [np.full((80, 80, 3), 20, np.uint8)] * 5
+    write_video(str(tmp_path / "a.mp4"), a, 24)
+    write_video(str(tmp_path / "b.mp4"), b, 30)
+    n = compose_side_by_side(str(tmp_path / "ab.mp4"), [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")])
+    info = probe(str(tmp_path / "ab.mp4"))
+    assert n == 4 and info.fps == 24 and info.frame_size == (100, 40)  # b scaled to height 40 -> 40 wide
+    frame = next(iter_frames(str(tmp_path / "ab.mp4")))
+    assert abs(int(frame[:, :55].mean()) - 200) <= 3 and abs(int(frame[:, 65:].mean()) - 20) <= 3
