@@ -12,6 +12,7 @@ run a narrowed trunk with the same layer structure.
 """
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -83,40 +84,44 @@ class LPIPSNet(nn.Module):
 
     net: str = "vgg"
     widths: tuple = None
-    dtype: jnp.dtype = jnp.float32  # compute dtype of the trunk convs (bf16 for speed); heads stay fp32
-
-    def trunk(self, x):
-        """Scaled image → list of the five tapped ReLU activations (NHWC)."""
-        widths = LPIPSConfig(self.net, self.widths).widths
-        taps = []
-        for s, stage in enumerate(LAYOUTS[self.net]):
-            for op in stage:
-                if op[0] == "pool":  # torch MaxPool2d, floor mode == VALID
-                    x = nn.max_pool(x, (op[1], op[1]), strides=(op[2], op[2]), padding="VALID")
-                else:
-                    _, idx, k, stride, pad = op
-                    x = nn.Conv(widths[s], (k, k), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                                dtype=self.dtype, precision=jax.lax.Precision.HIGHEST, name=f"features_{idx}")(x)
-                    x = nn.relu(x)
-            taps.append(x)
-        return taps
+    # compute dtype of the trunk convs (e.g. bf16 for speed); None = the input's dtype (fp32 or fp64).
+    # Normalisation and heads run in at least fp32.
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x0, x1):
         if x0.shape != x1.shape:
             raise ValueError(f"LPIPS inputs must have equal shapes, got {x0.shape} and {x1.shape}")
-        shift = jnp.asarray(SHIFT, jnp.float32)
-        scale = jnp.asarray(SCALE, jnp.float32)
-        batch = x0.shape[0]
-        # one trunk pass over both images
-        x = (jnp.concatenate([x0, x1], 0).astype(jnp.float32) - shift) / scale
-        total = 0.0
-        for k, f in enumerate(self.trunk(x.astype(self.dtype))):
-            f = _unit_normalise(f.astype(jnp.float32))
-            diff = (f[:batch] - f[batch:]) ** 2
-            head = nn.Dense(1, use_bias=False, precision=jax.lax.Precision.HIGHEST, name=f"lin{k}")
+        widths = LPIPSConfig(self.net, self.widths).widths
+        convs = {idx: nn.Conv(widths[s], (k, k), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+                              dtype=self.dtype, precision=jax.lax.Precision.HIGHEST, name=f"features_{idx}")
+                 for idx, k, stride, pad, s in conv_specs(self.net)}
+        acc = jnp.promote_types(jnp.result_type(x0), jnp.float32)
+        # two trunk passes sharing weights (identical inputs give bitwise-identical taps; XLA's vectorised
+        # division in the normalisation can still differ by an ulp between lanes, so d(x, x) ~ 1e-16)
+        taps0 = self.trunk(x0.astype(acc), convs)
+        taps1 = self.trunk(x1.astype(acc), convs)
+        total = jnp.zeros(x0.shape[0], acc)
+        for k, (f0, f1) in enumerate(zip(taps0, taps1)):
+            diff = (_unit_normalise(f0.astype(acc)) - _unit_normalise(f1.astype(acc))) ** 2
+            head = nn.Dense(1, use_bias=False, dtype=acc, precision=jax.lax.Precision.HIGHEST, name=f"lin{k}")
             total = total + jnp.mean(head(diff)[..., 0], axis=(1, 2))
         return total
+
+    def trunk(self, x, convs):
+        """Image in [-1,1] → list of the five tapped ReLU activations (NHWC)."""
+        x = (x - jnp.asarray(SHIFT, x.dtype)) / jnp.asarray(SCALE, x.dtype)
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        taps = []
+        for stage in LAYOUTS[self.net]:
+            for op in stage:
+                if op[0] == "pool":  # torch MaxPool2d, floor mode == VALID
+                    x = nn.max_pool(x, (op[1], op[1]), strides=(op[2], op[2]), padding="VALID")
+                else:
+                    x = nn.relu(convs[op[1]](x))
+            taps.append(x)
+        return taps
 
 
 def config_from_params(params):
@@ -130,26 +135,42 @@ def config_from_params(params):
 
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
-def distance(params, x0, x1, dtype=jnp.float32):
+def distance(params, x0, x1, dtype=None):
     """Pure LPIPS distance [B]; the architecture is read from the parameter shapes."""
     cfg = config_from_params(params)
     variables = params if "params" in params else {"params": params}
     return LPIPSNet(cfg.net, cfg.widths, dtype).apply(variables, x0, x1)
 
 
-def init_params(key, net="vgg", widths=None, image_size=64):
-    """Random trunk and (non-negative) head weights, e.g. for benchmarks and tests."""
+def init_params(key, net="vgg", widths=None):
+    """Random weights: He-normal trunk convs, small biases, non-negative heads (like the real ones)."""
     cfg = LPIPSConfig(net, widths)
-    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    params = LPIPSNet(cfg.net, cfg.widths).init(key, x, x)["params"]
-    return jax.tree_util.tree_map_with_path(
-        lambda path, p: jnp.abs(p) if str(path[0].key).startswith("lin") else p, params)
+    shapes, cin = {}, 3
+    for idx, k, _stride, _pad, s in conv_specs(cfg.net):
+        shapes[f"features_{idx}"] = (k, k, cin, cfg.widths[s])
+        cin = cfg.widths[s]
+
+    # two draws sliced into tensors (one draw per tensor compiles slowly: threefry per shape)
+    sizes = [int(np.prod(sh)) for sh in shapes.values()]
+    k_w, k_b = jax.random.split(key)
+    normal = np.asarray(jax.random.normal(k_w, (sum(sizes),)))
+    uniform = np.asarray(jax.random.uniform(k_b, (sum(sh[-1] for sh in shapes.values()) + sum(cfg.widths),)))
+    params, pos, upos = {}, 0, 0
+    for (name, shape), size in zip(shapes.items(), sizes):
+        fan_in = shape[0] * shape[1] * shape[2]
+        params[name] = {"kernel": normal[pos:pos + size].reshape(shape) * np.float32(np.sqrt(2.0 / fan_in)),
+                        "bias": (uniform[upos:upos + shape[-1]] - 0.5) * np.float32(0.2)}
+        pos, upos = pos + size, upos + shape[-1]
+    for i, c in enumerate(cfg.widths):
+        params[f"lin{i}"] = {"kernel": uniform[upos:upos + c].reshape(c, 1) * np.float32(0.2)}
+        upos += c
+    return jax.tree_util.tree_map(jnp.asarray, params)
 
 
 class LPIPS:
     """Converted LPIPS with its weights bound: `LPIPS(config, params)(x0, x1)` → distances [B]."""
 
-    def __init__(self, config, params, dtype=jnp.float32):
+    def __init__(self, config, params, dtype=None):
         self.config = config if isinstance(config, LPIPSConfig) else LPIPSConfig.from_dict(config)
         self.params = jax.tree_util.tree_map(jnp.asarray, params)
         self.dtype = dtype
@@ -165,7 +186,7 @@ class LPIPS:
         return jnp.mean(self(x0, x1))
 
 
-def load_lpips(path, dtype=jnp.float32):
+def load_lpips(path, dtype=None):
     """Loads a checkpoint written by `python -m convert lpips` → `LPIPS` callable."""
     from stylejax import checkpoint
 
