@@ -2,7 +2,7 @@
 
   python -m stylejax.demo --outdir out/demo [--video clip.mp4] [--frames 24]
 
-1. Builds a StyleGAN2 generator with random weights (a narrow 256 px config, fast on a CPU), saves it as
+1. Builds a StyleGAN2 generator with random weights (a narrow 128 px config, fast on a CPU), saves it as
    a stylejax checkpoint and loads it back, renders seeds 0-3 (`seeds.png`), checks that
    StyleSpace -> image equals W+ -> image, and edits one StyleSpace channel (`stylespace_edit.png`).
    Random weights give abstract textures, not faces: bring real weights with `python -m convert`.
@@ -30,8 +30,8 @@ def demo_generator(outdir):
     from stylejax.generator import Generator, GeneratorConfig, load_generator, save_generator
     from stylejax.stylespace import channel_to_flat_index, edit_channels
 
-    cfg = GeneratorConfig(resolution=256, z_dim=128, w_dim=128,
-                          channels=((4, 128), (8, 128), (16, 128), (32, 128), (64, 64), (128, 32), (256, 16)))
+    cfg = GeneratorConfig(resolution=128, z_dim=128, w_dim=128,
+                          channels=((4, 128), (8, 128), (16, 64), (32, 64), (64, 32), (128, 16)))
     t = time.time()
     ckpt = os.path.join(outdir, "generator_random")
     save_generator(Generator.random(cfg, jax.random.PRNGKey(0)), ckpt)
