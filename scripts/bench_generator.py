@@ -14,7 +14,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from stylejax.generator import Generator, GeneratorConfig, config_f
 

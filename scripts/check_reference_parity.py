@@ -17,7 +17,6 @@ Needs torch (CPU is fine). rosinality's `op/` package compiles CUDA extensions o
 CUDA this script makes that compile step a no-op so the reference's own CPU fallbacks are used.
 """
 import argparse
-import math
 import os
 import shutil
 import subprocess

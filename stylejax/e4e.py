@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Tuple
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -20,7 +20,7 @@ static), so it can be passed through `jax.jit`/`jax.grad` (e.g. to fine-tune `pa
 """
 import dataclasses
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax

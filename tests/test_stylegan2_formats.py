@@ -331,7 +331,7 @@ def test_nvlabs_pickle_read_without_running_its_source(tmp_path, weights, monkey
     fakes = _fake_modules(monkeypatch, marker)
     path = tmp_path / "network-snapshot.pkl"
     write_nvlabs(path, sd, w_avg, fakes)
-    assert f"write_text('executed')".encode() in path.read_bytes()  # the source really is inside
+    assert "write_text('executed')".encode() in path.read_bytes()  # the source really is inside
     monkeypatch.delitem(sys.modules, "torch_utils.persistence")  # as on a user's machine: no NVlabs code
     out = read_stylegan2(path)
     _check(out, sd, w_avg, "nvlabs")
