@@ -85,17 +85,6 @@ def _dynamics(params, cond):
     return lambda t, w: net.apply(odenet_params, t, w, cond)
 
 
-def init_params(key, dim=512, hidden_dims=(512,) * 5, cond_dim=17):
-    """Random parameters with the reference's structure (for tests and benchmarks)."""
-    dims = tuple(hidden_dims) + (dim,)
-    k_net, k_bn = jax.random.split(key)
-    odenet = ODENet(dims).init(k_net, 0.0, jnp.zeros((1, 1, dim)), jnp.zeros((1, cond_dim)))["params"]
-    bn = lambda: {"weight": jnp.zeros(dim), "bias": jnp.zeros(dim),
-                  "running_mean": jnp.zeros(dim), "running_var": jnp.ones(dim)}
-    del k_bn
-    return {"bn_in": bn(), "odenet": odenet, "sqrt_end_time": jnp.asarray(1.0), "bn_out": bn()}
-
-
 # ----------------------------------------------------------------------------- solvers
 
 def rk4_solve(f, y0, t0, t1, steps):

@@ -119,10 +119,12 @@ def main(monkeypatch):
     return cli.main
 
 
-def test_converter_cli_end_to_end(tmp_path, golden, state_dict, main):
+@pytest.mark.parametrize("zip_format", [True, False])  # modellarge10k.pt was saved by torch 1.1: legacy format
+def test_converter_cli_end_to_end(tmp_path, golden, state_dict, main, zip_format):
     torch = pytest.importorskip("torch")
     src = tmp_path / "modellarge10k.pt"
-    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, src)
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, src,
+               _use_new_zipfile_serialization=zip_format)
     out = tmp_path / "styleflow"
     assert main(["styleflow", "--src", str(src), "--out", str(out)]) == 0
     params = sf.load_styleflow(out)
