@@ -11,8 +11,8 @@ from convert import ConversionError
 def add_arguments(parser):
     parser.add_argument("--src", required=True, help="rosinality/e4e .pt, NVlabs .pkl or TF StyleGAN2 .pkl")
     parser.add_argument("--out", required=True, help="output directory (stylejax checkpoint)")
-    parser.add_argument("--mapping-lr-mul", type=float, default=0.01,
-                        help="mapping-network learning-rate multiplier the model was trained with (0.01 for all official models)")
+    parser.add_argument("--mapping-lr-mul", type=float, default=None,
+                        help="override the mapping-network learning-rate multiplier (default: from the file, else 0.01)")
 
 
 def run(args):
@@ -20,7 +20,8 @@ def run(args):
     from stylejax import checkpoint
 
     state_dict, w_avg, info = read_stylegan2(args.src)
-    config, params, buffers = from_rosinality(state_dict, w_avg, mapping_lr_mul=args.mapping_lr_mul,
+    lr_mul = args.mapping_lr_mul or info.get("mapping_lr_multiplier") or 0.01
+    config, params, buffers = from_rosinality(state_dict, w_avg, mapping_lr_mul=lr_mul,
                                               conv_clamp=info.get("conv_clamp"))
     checkpoint.save(args.out, "stylegan2", config.to_dict(), {"params": params, "buffers": buffers})
     print(f"converted {info.get('format', '?')} StyleGAN2 ({config.resolution}x{config.resolution}, "

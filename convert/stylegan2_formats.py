@@ -63,20 +63,10 @@ class _TFNetwork(dict):
         self.state = state
 
 
-def _numpy_frombuffer(buf, dtype, shape, order="C"):
-    """numpy's protocol-5 array path (`numpy._core.numeric._frombuffer`), numeric dtypes only."""
-    if not isinstance(dtype, np.dtype) or dtype.hasobject or order not in ("C", "F"):
-        raise UnsafeCheckpointError("unexpected numpy buffer in pickle; file refused")
-    return np.frombuffer(bytes(buf), dtype=dtype).reshape(shape, order=order).copy()
-
-
 _PKL_GLOBALS = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
     ("dnnlib.util", "EasyDict"): _EasyDict,
     ("dnnlib.tflib.network", "Network"): _TFNetwork,
-    # Pickles re-saved with protocol 5 (Python >= 3.14 default) spell numpy arrays this way.
-    ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer,
 }
 
 
