@@ -111,12 +111,10 @@ def test_pose_edit_gradients_match_finite_differences(golden, params):
 
 
 @pytest.fixture
-def main(monkeypatch):
-    """The real `python -m convert` entry point, dispatching only to this converter (the others
-    live on other branches and are imported eagerly by the dispatcher)."""
-    import convert.__main__ as cli
-    monkeypatch.setattr(cli, "CONVERTERS", {"styleflow": "convert.styleflow"})
-    return cli.main
+def main():
+    """The real `python -m convert` entry point."""
+    from convert.__main__ import main
+    return main
 
 
 @pytest.mark.parametrize("zip_format", [True, False])  # modellarge10k.pt was saved by torch 1.1: legacy format
