@@ -131,7 +131,14 @@ def _numpy_scalar(dtype, data=None):
 def _numpy_reconstruct(subtype, shape, dtype):
     if subtype is not np.ndarray:
         raise UnsafeCheckpointError("checkpoint asks for an ndarray subclass; file refused")
-    return np.ndarray.__new__(np.ndarray, shape, dtype)
+    return np.ndarray.__new__(np.ndarray, shape, _numpy_dtype(dtype))
+
+
+def _numpy_frombuffer(buf, dtype, shape, order="C"):
+    """numpy's protocol-5 array path (`numpy._core.numeric._frombuffer`), numeric dtypes only."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or order not in ("C", "F"):
+        raise UnsafeCheckpointError("unexpected numpy buffer in pickle; file refused")
+    return np.frombuffer(bytes(buf), dtype=dtype).reshape(shape, order=order).copy()
 
 
 def _numpy_dtype(spec, align=False, copy=False):
@@ -165,6 +172,9 @@ BASE_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    # protocol-5 pickles (Python >= 3.14 default) spell numpy arrays this way
+    ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer,
 }
 
 TORCH_TENSOR_GLOBALS = {

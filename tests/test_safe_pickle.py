@@ -1,6 +1,5 @@
 """The torch-free checkpoint reader: exact tensors from both torch formats, nothing executed."""
 import argparse
-import io
 import os
 import pickle
 
