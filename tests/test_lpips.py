@@ -8,19 +8,9 @@ import pytest
 
 from conftest import DATA
 from convert import ConversionError
-import convert.__main__ as convert_cli
+from convert.__main__ import main as convert_main
 from convert.lpips import convert_state_dicts
 from stylejax.lpips import LPIPS, config_from_params, distance, init_params, load_lpips
-
-
-@pytest.fixture(autouse=True)
-def _only_lpips_converter(monkeypatch):
-    # convert.__main__ imports every registered converter; test our CLI path without the others
-    monkeypatch.setattr(convert_cli, "CONVERTERS", {"lpips": "convert.lpips"})
-
-
-def convert_main(argv):
-    return convert_cli.main(argv)
 
 
 def _golden(net):
