@@ -10,6 +10,8 @@ the input gradient of every conv (about 1x the forward conv FLOPs) but no weight
 counted as 2x forward. XLA's own count (cost_analysis) is printed beside it. MFU = achieved / --peak.
 """
 import argparse
+import json
+import os
 import time
 
 import jax
@@ -17,6 +19,7 @@ import jax.numpy as jnp
 
 from stylejax.generator import Generator, GeneratorConfig, config_f
 
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 # dense peak TFLOP/s per device kind, for the MFU column (bf16 tensor cores / fp32 non-tensor)
 PEAKS = {"H100": {"bfloat16": 989.0, "float32": 67.0}, "H200": {"bfloat16": 989.0, "float32": 67.0},
          "A100": {"bfloat16": 312.0, "float32": 19.5}}
@@ -45,9 +48,14 @@ def model_flops(cfg: GeneratorConfig, batch: int) -> float:
     return f * batch
 
 
-def small_config():
-    return GeneratorConfig(resolution=64, z_dim=64, w_dim=64,
-                           channels=((4, 64), (8, 64), (16, 64), (32, 32), (64, 16)))
+def load_config(name):
+    """'f', 'f512', 'f256', 'small' or a JSON file like configs/stylegan2_config_f_1024.json."""
+    presets = {"f": "stylegan2_config_f_1024.json", "small": "stylegan2_small_64.json"}
+    if name in ("f512", "f256"):
+        return config_f(int(name[1:]))
+    path = os.path.join(CONFIGS, presets[name]) if name in presets else name
+    with open(path) as f:
+        return GeneratorConfig.from_dict(json.load(f))
 
 
 def bench(fn, args, iters, warmup=2):
@@ -62,14 +70,15 @@ def bench(fn, args, iters, warmup=2):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="small", help="'f' (config-f 1024), 'f256', 'f512' or 'small'")
+    p.add_argument("--config", default="small",
+                   help="'f' (config-f 1024), 'f512', 'f256', 'small' (64 px) or a generator config JSON")
     p.add_argument("--batches", default="1,4")
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--peak", type=float, default=None, help="peak TFLOP/s for MFU (default: by device kind)")
     args = p.parse_args()
 
-    cfg = {"f": config_f(1024), "f512": config_f(512), "f256": config_f(256), "small": small_config()}[args.config]
+    cfg = load_config(args.config)
     g = Generator.random(cfg, jax.random.PRNGKey(0))
     dev = jax.devices()[0]
     print(f"device: {dev.device_kind} ({dev.platform}); config {args.config}: {cfg.resolution}px, "
