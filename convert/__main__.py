@@ -1,4 +1,7 @@
-"""`python -m convert <network> --src FILE [--src2 FILE] --out DIR`."""
+"""`python -m convert <network> --src FILE [--src2 FILE] --out DIR`.
+
+Networks: stylegan2, e4e, styleflow, lpips, arcface. `python -m convert <network> --help` for details.
+"""
 import argparse
 import importlib
 import sys
@@ -16,18 +19,22 @@ CONVERTERS = {
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__)
-    sub = parser.add_subparsers(dest="network", required=True)
-    for name, module_name in CONVERTERS.items():
-        module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in CONVERTERS:
+        print(__doc__.strip(), file=sys.stderr)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown network {argv[0]!r}; choose one of {', '.join(CONVERTERS)}", file=sys.stderr)
+            return 2
+        return 0 if argv else 2
+    module = importlib.import_module(CONVERTERS[argv[0]])  # only the converter asked for is imported
+    parser = argparse.ArgumentParser(prog=f"python -m convert {argv[0]}",
+                                     description=(module.__doc__ or "").strip())
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
     try:
-        args._run(args)
+        module.run(args)
     except (ConversionError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,0 +1,86 @@
+"""e4e encoder: e4e_ffhq_encode.pt (encoder.* + latent_avg) -> stylejax checkpoint.
+
+The same file's decoder.* is a rosinality StyleGAN2 generator; convert it separately with
+`python -m convert stylegan2 --src e4e_ffhq_encode.pt --out DIR`.
+"""
+import math
+
+import numpy as np
+
+from convert import ConversionError
+from convert._params_check import check_against_init
+from convert.safe_pickle import flatten_state_dict, load_torch_file
+
+
+def add_arguments(parser):
+    parser.add_argument("--src", required=True, help="e4e checkpoint, e.g. e4e_ffhq_encode.pt")
+    parser.add_argument("--out", required=True, help="output directory (stylejax checkpoint, kind 'e4e')")
+    parser.epilog = ("Only the encoder is converted. The decoder in the same file converts with "
+                     "`python -m convert stylegan2 --src e4e_ffhq_encode.pt --out DIR`.")
+
+
+def _opts_dict(opts):
+    if opts is None:
+        return {}
+    if isinstance(opts, dict):
+        return opts
+    return dict(getattr(opts, "__dict__", {}))  # argparse.Namespace stand-in
+
+
+def convert_checkpoint(ckpt, src="checkpoint"):
+    """The loaded checkpoint (dict of numpy arrays etc.) -> (E4EConfig, params). Pure, no I/O."""
+    from stylejax import e4e
+
+    if not isinstance(ckpt, dict):
+        raise ConversionError(f"{src}: expected a dict with 'state_dict', 'latent_avg', 'opts'; got {type(ckpt).__name__}")
+    sd = flatten_state_dict(ckpt["state_dict"]) if isinstance(ckpt.get("state_dict"), dict) else flatten_state_dict(ckpt)
+    opts = _opts_dict(ckpt.get("opts"))
+    encoder_type = opts.get("encoder_type")
+    if encoder_type is not None and encoder_type != "Encoder4Editing":
+        raise ConversionError(f"{src}: opts.encoder_type is {encoder_type!r}, not 'Encoder4Editing'; "
+                              "only e4e encoders are supported (pSp's GradualStyleEncoder has no progressive deltas)")
+    if not any(k.startswith("encoder.") for k in sd):
+        if "input_layer.0.weight" in sd and "output_layer.3.weight" in sd:
+            raise ConversionError(f"{src}: this is an ArcFace IR-SE50 file; use `python -m convert arcface`")
+        if any(k.startswith(("style.", "g_ema.", "decoder.")) for k in sd) or "g_ema" in ckpt:
+            raise ConversionError(f"{src}: this holds a StyleGAN2 generator but no e4e encoder; use `python -m convert stylegan2`")
+        raise ConversionError(f"{src}: no encoder.* weights found; is this an e4e checkpoint (e4e_ffhq_encode.pt)?")
+    try:
+        config = e4e.infer_config(sd)
+    except KeyError as e:
+        raise ConversionError(f"{src}: missing weight {e.args[0]}; the e4e checkpoint is incomplete") from None
+    except ValueError as e:
+        raise ConversionError(f"{src}: {e}") from None
+    if "stylegan_size" in opts:
+        want = 2 * int(math.log2(int(opts["stylegan_size"]))) - 2
+        if want != config.n_styles:
+            raise ConversionError(f"{src}: opts.stylegan_size={opts['stylegan_size']} implies {want} styles but the "
+                                  f"encoder has {config.n_styles}; the checkpoint is inconsistent")
+    start_from_avg = bool(opts.get("start_from_latent_avg", True))
+    latent_avg = ckpt.get("latent_avg")
+    if start_from_avg:
+        if not isinstance(latent_avg, np.ndarray):
+            raise ConversionError(f"{src}: no 'latent_avg' tensor (e4e adds it to the encoder output); "
+                                  "the reference would recompute it from the decoder, which is not supported here")
+        if latent_avg.shape not in ((config.style_width,), (1, config.style_width),
+                                    (config.n_styles, config.style_width)):
+            raise ConversionError(f"{src}: latent_avg has shape {latent_avg.shape}, expected "
+                                  f"[{config.n_styles}, {config.style_width}] or [{config.style_width}]")
+    config = e4e.E4EConfig(**{**config.__dict__, "start_from_latent_avg": start_from_avg})
+    try:
+        params = e4e.params_from_state_dict(sd, config, latent_avg if start_from_avg else None)
+    except KeyError as e:
+        raise ConversionError(f"{src}: missing weight {e.args[0]}; the e4e checkpoint is incomplete") from None
+    except ValueError as e:
+        raise ConversionError(f"{src}: {e}") from None
+    check_against_init(src, params, e4e.E4E(config), np.zeros((1, 256, 256, 3), np.float32))
+    return config, params
+
+
+def run(args):
+    from stylejax import checkpoint
+
+    config, params = convert_checkpoint(load_torch_file(args.src), args.src)
+    checkpoint.save(args.out, "e4e", config.to_dict(), params)
+    print(f"e4e encoder ({config.n_styles} styles, widths {list(config.body.widths)}) -> {args.out}; "
+          f"its decoder converts with `python -m convert stylegan2 --src {args.src} --out DIR`")

@@ -1,0 +1,89 @@
+"""StyleFlow CNF (`modellarge10k.pt`, a plain `torch.save(prior.state_dict())`) -> stylejax checkpoint."""
+import re
+
+import numpy as np
+
+from convert import ConversionError
+
+KIND = "styleflow"
+_BN_KEYS = ("weight", "bias", "running_mean", "running_var")
+_LAYER_RE = re.compile(r"chain\.1\.odefunc\.diffeq\.layers\.(\d+)\.")
+
+
+def add_arguments(parser):
+    parser.add_argument("--src", required=True, help="StyleFlow flow weights, e.g. flow_weight/modellarge10k.pt")
+    parser.add_argument("--out", required=True, help="output checkpoint directory")
+
+
+def _array(sd, key, shape=None):
+    if key not in sd:
+        raise ConversionError(f"not a StyleFlow CNF state dict: key '{key}' is missing (expected modellarge10k.pt)")
+    value = np.asarray(sd[key])
+    if not np.issubdtype(value.dtype, np.floating):
+        raise ConversionError(f"'{key}' has dtype {value.dtype}, expected floating point")
+    if shape is not None and tuple(value.shape) != tuple(shape):
+        raise ConversionError(f"'{key}' has shape {tuple(value.shape)}, expected {tuple(shape)}")
+    return value.astype(np.float32)
+
+
+def state_dict_to_params(state_dict):
+    """{name: array} (reference names, see reference-facts §4.1) -> (config, params)."""
+    if not isinstance(state_dict, dict) or not all(isinstance(k, str) for k in state_dict):
+        raise ConversionError("not a StyleFlow CNF state dict: expected a dict of named tensors")
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+    layer_ids = sorted({int(m.group(1)) for k in sd for m in [_LAYER_RE.match(k)] if m})
+    if not layer_ids:
+        raise ConversionError("not a StyleFlow CNF state dict: no 'chain.1.odefunc.diffeq.layers.*' keys "
+                              "(expected modellarge10k.pt from RameenAbdal/StyleFlow)")
+    if layer_ids != list(range(len(layer_ids))):
+        raise ConversionError(f"StyleFlow ODE net layers are not numbered 0..n-1: {layer_ids}")
+    dim = np.asarray(_array(sd, "chain.0.running_mean")).shape[0]
+
+    odenet, dims, in_dim, ctx_dim = {}, [], dim, None
+    for i in layer_ids:
+        prefix = f"chain.1.odefunc.diffeq.layers.{i}."
+        weight = _array(sd, prefix + "_layer.weight")
+        if weight.ndim != 2 or weight.shape[1] != in_dim:
+            raise ConversionError(f"'{prefix}_layer.weight' has shape {weight.shape}, expected [out, {in_dim}]")
+        out_dim = weight.shape[0]
+        gate = _array(sd, prefix + "_hyper_gate.weight")
+        if gate.ndim != 2 or gate.shape[0] != out_dim or (ctx_dim is not None and gate.shape[1] != ctx_dim):
+            raise ConversionError(f"'{prefix}_hyper_gate.weight' has shape {gate.shape}, expected [{out_dim}, 1 + cond_dim]")
+        ctx_dim = gate.shape[1]
+        odenet[f"layers_{i}"] = {
+            "layer": {"kernel": weight.T, "bias": _array(sd, prefix + "_layer.bias", (out_dim,))},
+            "hyper_gate": {"kernel": gate.T, "bias": _array(sd, prefix + "_hyper_gate.bias", (out_dim,))},
+            "hyper_bias": {"kernel": _array(sd, prefix + "_hyper_bias.weight", (out_dim, ctx_dim)).T},
+        }
+        dims.append(out_dim)
+        in_dim = out_dim
+    if dims[-1] != dim:
+        raise ConversionError(f"last ODE net layer has {dims[-1]} outputs, expected {dim} (the flow's width)")
+
+    sqrt_end_time = _array(sd, "chain.1.sqrt_end_time")
+    if sqrt_end_time.size != 1:
+        raise ConversionError(f"'chain.1.sqrt_end_time' has shape {sqrt_end_time.shape}, expected a scalar")
+    params = {
+        "bn_in": {k: _array(sd, f"chain.0.{k}", (dim,)) for k in _BN_KEYS},
+        "odenet": odenet,
+        "sqrt_end_time": sqrt_end_time.reshape(()),
+        "bn_out": {k: _array(sd, f"chain.2.{k}", (dim,)) for k in _BN_KEYS},
+    }
+    if any(k.startswith("chain.3.") for k in sd):
+        raise ConversionError("StyleFlow state dict has more than one CNF block; only num_blocks=1 is supported")
+    config = {"dim": int(dim), "hidden_dims": [int(d) for d in dims[:-1]], "cond_dim": int(ctx_dim - 1),
+              "bn_eps": 1e-4}
+    return config, params
+
+
+def run(args):
+    from convert.safe_pickle import load_torch_file
+    from stylejax import checkpoint
+
+    state_dict = load_torch_file(args.src)
+    if isinstance(state_dict, dict) and "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
+        state_dict = state_dict["state_dict"]
+    config, params = state_dict_to_params(state_dict)
+    checkpoint.save(args.out, KIND, config, params)
+    print(f"wrote {args.out}: StyleFlow CNF dim {config['dim']}, {len(params['odenet'])} ODE layers, "
+          f"cond {config['cond_dim']}, T = {float(params['sqrt_end_time']) ** 2:.4f}")

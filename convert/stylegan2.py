@@ -1,0 +1,121 @@
+"""StyleGAN2 generator: rosinality .pt, e4e .pt (decoder), NVlabs .pkl or official TF .pkl -> stylejax.
+
+All formats are first read into one canonical dict with rosinality's `g_ema` names and layouts
+(`convert.stylegan2_formats`); this module maps that dict to the Flax generator's parameters.
+"""
+import numpy as np
+
+from convert import ConversionError
+
+
+def add_arguments(parser):
+    parser.add_argument("--src", required=True, help="rosinality/e4e .pt, NVlabs .pkl or TF StyleGAN2 .pkl")
+    parser.add_argument("--out", required=True, help="output directory (stylejax checkpoint)")
+    parser.add_argument("--mapping-lr-mul", type=float, default=None,
+                        help="override the mapping-network learning-rate multiplier (default: from the file, else 0.01)")
+
+
+def run(args):
+    from convert.stylegan2_formats import read_stylegan2
+    from stylejax import checkpoint
+
+    state_dict, w_avg, info = read_stylegan2(args.src)
+    lr_mul = args.mapping_lr_mul or info.get("mapping_lr_multiplier") or 0.01
+    config, params, buffers = from_rosinality(state_dict, w_avg, mapping_lr_mul=lr_mul,
+                                              conv_clamp=info.get("conv_clamp"))
+    checkpoint.save(args.out, "stylegan2", config.to_dict(), {"params": params, "buffers": buffers})
+    print(f"converted {info.get('format', '?')} StyleGAN2 ({config.resolution}x{config.resolution}, "
+          f"{config.num_ws} ws) -> {args.out}")
+
+
+def _get(sd, key):
+    try:
+        return np.asarray(sd[key], np.float32)
+    except KeyError:
+        raise ConversionError(f"StyleGAN2 state dict lacks '{key}'; is this a StyleGAN2 generator checkpoint?") from None
+
+
+def _layer(sd, prefix, noise=None, torgb=False):
+    """rosinality StyledConv / ToRGB -> our ModulatedLayer params (and its noise buffer)."""
+    w = _get(sd, f"{prefix}.conv.weight")[0]  # [O, I, k, k]
+    p = {
+        "affine": {"weight": _get(sd, f"{prefix}.conv.modulation.weight").T,  # [w_dim, I]
+                   "bias": _get(sd, f"{prefix}.conv.modulation.bias")},      # +1 already baked in
+        "weight": np.ascontiguousarray(w.transpose(2, 3, 1, 0)),             # HWIO
+    }
+    if torgb:
+        p["bias"] = _get(sd, f"{prefix}.bias").reshape(-1)
+        return p, None
+    p["bias"] = _get(sd, f"{prefix}.activate.bias")
+    p["noise_strength"] = _get(sd, f"{prefix}.noise.weight").reshape(())
+    return p, {"noise_const": _get(sd, noise)[0, 0]}
+
+
+def from_rosinality(sd, w_avg=None, mapping_lr_mul=0.01, conv_clamp=None):
+    """Canonical (rosinality-named) state dict -> (GeneratorConfig, params, buffers)."""
+    from stylejax.generator import GeneratorConfig
+
+    const = _get(sd, "input.input")[0]  # [C, 4, 4]
+    n_mapping = len([k for k in sd if k.startswith("style.") and k.endswith(".weight")])
+    if n_mapping == 0:
+        raise ConversionError("StyleGAN2 state dict has no mapping layers (style.N.weight)")
+    n_blocks = len([k for k in sd if k.startswith("to_rgbs.") and k.endswith(".conv.weight")])
+    resolution = 4 * 2 ** n_blocks
+    z_dim = _get(sd, "style.1.weight").shape[1]
+    w_dim = _get(sd, f"style.{n_mapping}.weight").shape[0]
+    channels = {4: const.shape[0]}
+    for k in range(n_blocks):
+        channels[8 * 2 ** k] = _get(sd, f"convs.{2 * k}.conv.weight").shape[1]
+    config = GeneratorConfig(resolution=resolution, z_dim=z_dim, w_dim=w_dim, mapping_layers=n_mapping,
+                             mapping_lr_mul=mapping_lr_mul, channels=tuple(channels.items()),
+                             conv_clamp=conv_clamp)
+
+    mapping = {f"fc{i}": {"weight": _get(sd, f"style.{i + 1}.weight").T,
+                          "bias": _get(sd, f"style.{i + 1}.bias")} for i in range(n_mapping)}
+    synthesis = {"const": np.ascontiguousarray(const.transpose(1, 2, 0))}
+    noise = {}
+    b4_conv1, noise["b4"] = _layer(sd, "conv1", "noises.noise_0")
+    noise["b4"] = {"conv1": noise["b4"]}
+    synthesis["b4"] = {"conv1": b4_conv1, "torgb": _layer(sd, "to_rgb1", torgb=True)[0]}
+    for k in range(n_blocks):
+        res = 8 * 2 ** k
+        conv0, n0 = _layer(sd, f"convs.{2 * k}", f"noises.noise_{2 * k + 1}")
+        conv1, n1 = _layer(sd, f"convs.{2 * k + 1}", f"noises.noise_{2 * k + 2}")
+        synthesis[f"b{res}"] = {"conv0": conv0, "conv1": conv1,
+                                "torgb": _layer(sd, f"to_rgbs.{k}", torgb=True)[0]}
+        noise[f"b{res}"] = {"conv0": n0, "conv1": n1}
+
+    params = {"mapping": mapping, "synthesis": synthesis}
+    if w_avg is None:
+        w_avg = estimate_w_avg(config, params)
+    w_avg = np.asarray(w_avg, np.float32).reshape(-1)
+    if w_avg.shape != (w_dim,):
+        raise ConversionError(f"w_avg has shape {w_avg.shape}, expected ({w_dim},)")
+    buffers = {"mapping": {"w_avg": w_avg}, "synthesis": noise}
+    return config, params, buffers
+
+
+def estimate_w_avg(config, params, n=10_000, seed=0):
+    """Checkpoints without a tracked W average (rosinality train.py): mean of mapping(z), z ~ N(0, I)."""
+    import jax
+    import jax.numpy as jnp
+
+    from stylejax.generator import Generator
+
+    g = Generator(config, jax.tree_util.tree_map(jnp.asarray, params),
+                  {"mapping": {"w_avg": jnp.zeros(config.w_dim)}, "synthesis": {}})
+    z = np.random.RandomState(seed).randn(n, config.z_dim).astype(np.float32)
+    return np.asarray(g.mapping(z)[:, 0].mean(axis=0))
+
+
+def count_params(params):
+    return int(sum(np.prod(np.shape(v)) for v in _leaves(params)))
+
+
+def _leaves(tree):
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _leaves(v)
+    else:
+        yield tree
+
