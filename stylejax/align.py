@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from stylejax.landmarks import LandmarkError
 from stylejax.video import VideoError, VideoWriter, iter_frames, load_frames, probe
 
 
@@ -581,7 +582,7 @@ def main(argv=None) -> int:
                              max_gap=args.max_gap, min_eye_dist=args.min_eye_dist, max_frames=args.max_frames,
                              resample=args.resample, overwrite=args.overwrite, refine=0 if args.no_refine else 1)
             print(f"aligned {len(tf['valid'])} frames ({int(tf['valid'].sum())} with a detected face) into {args.out}")
-    except (AlignError, VideoError) as err:
+    except (AlignError, VideoError, LandmarkError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
