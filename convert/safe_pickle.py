@@ -308,46 +308,47 @@ def _materialise(obj):
     return obj
 
 
+_READ_ERRORS = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, struct.error, KeyError, ValueError,
+                TypeError, IndexError, AttributeError, MemoryError)
+
+
+def _read(path, load, what, hint):
+    """Runs `load(path)`; every failure becomes a one-line ConversionError that names the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path}: no such file")
+    try:
+        return _materialise(load(path))
+    except ConversionError as e:
+        msg = str(e)
+        raise type(e)(msg if msg.startswith(path) else f"{path}: {msg}") from None
+    except _READ_ERRORS as e:
+        raise ConversionError(
+            f"{path}: cannot be read as {what} ({type(e).__name__}: {str(e)[:80]}); {hint}") from None
+
+
 def load_torch_file(path, extra_globals=None):
     """Reads a `torch.save` file like `torch.load(weights_only=True)`, tensors as numpy arrays.
 
     `extra_globals` extends the allowlist ({(module, name): stand-in}) for formats that need more.
     Raises ConversionError (UnsafeCheckpointError for disallowed content) with a one-line message.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ConversionError(f"{path}: no such file")
-    try:
-        if zipfile.is_zipfile(path):
-            return _materialise(_load_zip(path, extra_globals))
-        with open(path, "rb") as f:
-            return _materialise(_load_legacy(f, extra_globals))
-    except ConversionError as e:
-        msg = str(e)
-        raise type(e)(msg if msg.startswith(path) else f"{path}: {msg}") from None
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, struct.error, KeyError,
-            ValueError, TypeError, IndexError, AttributeError, MemoryError) as e:
-        raise ConversionError(
-            f"{path}: cannot be read as a PyTorch checkpoint ({type(e).__name__}: {str(e)[:80]}); "
-            "is the file complete and a torch.save file?") from None
+    def load(p):
+        if zipfile.is_zipfile(p):
+            return _load_zip(p, extra_globals)
+        with open(p, "rb") as f:
+            return _load_legacy(f, extra_globals)
+
+    return _read(path, load, "a PyTorch checkpoint", "is the file complete and a torch.save file?")
 
 
 def load_pickle_file(path, allowed=None):
     """Plain pickle (e.g. NVlabs / TF StyleGAN2 .pkl) through the allowlist; one-line errors."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ConversionError(f"{path}: no such file")
-    try:
-        with open(path, "rb") as f:
-            return _materialise(restricted_load(f, allowed))
-    except ConversionError as e:
-        msg = str(e)
-        raise type(e)(msg if msg.startswith(path) else f"{path}: {msg}") from None
-    except (pickle.UnpicklingError, EOFError, struct.error, KeyError, ValueError, TypeError,
-            IndexError, AttributeError, MemoryError) as e:
-        raise ConversionError(
-            f"{path}: cannot be read as a pickle ({type(e).__name__}: {str(e)[:80]}); "
-            "is the file complete?") from None
+    def load(p):
+        with open(p, "rb") as f:
+            return restricted_load(f, allowed)
+
+    return _read(path, load, "a pickle", "is the file complete?")
 
 
 def flatten_state_dict(obj, prefix=""):
