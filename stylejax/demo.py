@@ -14,8 +14,13 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
+
+# ffmpeg is started with fork+exec after JAX is loaded; JAX's warning about forking a multithreaded
+# process concerns children that keep running Python, which these do not.
+warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_VIDEO = os.path.join(os.path.dirname(REPO), "shared", "fixtures", "4491301_unaligned.mp4")
