@@ -1,8 +1,16 @@
-"""Checks a converted params tree against the shapes the Flax module expects (one-line errors)."""
+"""Converted params trees: fp32 normalisation, and a check against the shapes the Flax module expects
+(one-line errors)."""
 import jax
 import numpy as np
 
 from convert import ConversionError
+
+
+def as_f32(tree):
+    """Nested dict of arrays -> the same tree of C-contiguous float32 numpy arrays."""
+    if isinstance(tree, dict):
+        return {k: as_f32(v) for k, v in tree.items()}
+    return np.ascontiguousarray(tree, dtype=np.float32)
 
 
 def check_against_init(src, params, module, *example_args):

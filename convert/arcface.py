@@ -2,8 +2,10 @@
 import numpy as np
 
 from convert import ConversionError
-from convert._params_check import check_against_init
+from convert._params_check import as_f32, check_against_init
+from convert.irse import bn_params, body_params_from_state_dict, infer_body_config
 from convert.safe_pickle import flatten_state_dict, load_torch_file
+from stylejax import arcface
 
 
 def add_arguments(parser):
@@ -11,10 +13,32 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, help="output directory (stylejax checkpoint, kind 'arcface')")
 
 
+# ----------------------------------------------------------------------------------------------
+# model_ir_se50.pth state dict -> ArcFaceConfig / params (pure numpy; missing keys raise KeyError)
+
+def infer_config(sd, prefix=""):
+    body = infer_body_config(sd, prefix)
+    lin = sd[prefix + "output_layer.3.weight"]
+    c = body.widths[-1]
+    spatial = int(round((lin.shape[1] / c) ** 0.5))
+    if spatial * spatial * c != lin.shape[1]:
+        raise ValueError(f"output_layer.3.weight has {lin.shape[1]} inputs, not {c}·k² for the {c}-channel body")
+    return arcface.ArcFaceConfig(body=body, embed_dim=int(lin.shape[0]), input_size=spatial * 16)
+
+
+def params_from_state_dict(sd, config, prefix=""):
+    """`{torch key: np.ndarray}` (model_ir_se50.pth) -> ArcFace params."""
+    params = {
+        "body": body_params_from_state_dict(sd, prefix, config.body),
+        "out_bn2d": bn_params(sd, prefix + "output_layer.0"),
+        "out_linear": {"kernel": sd[prefix + "output_layer.3.weight"].T, "bias": sd[prefix + "output_layer.3.bias"]},
+        "out_bn1d": bn_params(sd, prefix + "output_layer.4"),
+    }
+    return as_f32(params)
+
+
 def convert_checkpoint(ckpt, src="checkpoint"):
     """The loaded state dict (numpy arrays) -> (ArcFaceConfig, params). Pure, no I/O."""
-    from stylejax import arcface
-
     if not isinstance(ckpt, dict):
         raise ConversionError(f"{src}: expected a state dict, got {type(ckpt).__name__}")
     sd = flatten_state_dict(ckpt["state_dict"] if isinstance(ckpt.get("state_dict"), dict) else ckpt)
@@ -30,8 +54,8 @@ def convert_checkpoint(ckpt, src="checkpoint"):
             sd[bn + ".weight"] = np.ones_like(n)
             sd[bn + ".bias"] = np.zeros_like(n)
     try:
-        config = arcface.infer_config(sd)
-        params = arcface.params_from_state_dict(sd, config)
+        config = infer_config(sd)
+        params = params_from_state_dict(sd, config)
     except KeyError as e:
         raise ConversionError(f"{src}: missing weight {e.args[0]}; the ArcFace checkpoint is incomplete") from None
     except ValueError as e:

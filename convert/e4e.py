@@ -8,8 +8,10 @@ import math
 import numpy as np
 
 from convert import ConversionError
-from convert._params_check import check_against_init
+from convert._params_check import as_f32, check_against_init
+from convert.irse import body_params_from_state_dict, conv_kernel, infer_body_config
 from convert.safe_pickle import flatten_state_dict, load_torch_file
+from stylejax import e4e
 
 
 def add_arguments(parser):
@@ -27,10 +29,56 @@ def _opts_dict(opts):
     return dict(getattr(opts, "__dict__", {}))  # argparse.Namespace stand-in
 
 
+# ----------------------------------------------------------------------------------------------
+# Encoder4Editing state dict -> E4EConfig / params (pure numpy; missing keys raise KeyError)
+
+def infer_config(sd, prefix="encoder."):
+    """E4EConfig from an Encoder4Editing state dict (raises KeyError when keys are missing)."""
+    body = infer_body_config(sd, prefix)
+    n_styles = 0
+    convs = []
+    while f"{prefix}styles.{n_styles}.linear.weight" in sd:
+        k = 0
+        while f"{prefix}styles.{n_styles}.convs.{2 * k}.weight" in sd:
+            k += 1
+        convs.append(k)
+        n_styles += 1
+    if n_styles == 0:
+        raise KeyError(prefix + "styles.0.linear.weight")
+    # the reference fixes the row groups at 3 and 7; only the conv counts per group are read here
+    cfg0 = e4e.E4EConfig()
+    style_convs = tuple(convs[min(i, n_styles - 1)] for i in (0, cfg0.coarse_ind, cfg0.middle_ind))
+    cfg = e4e.E4EConfig(body=body, n_styles=n_styles, style_convs=style_convs)
+    if [cfg.convs_for_row(i) for i in range(n_styles)] != convs:
+        raise ValueError(f"map2style conv counts {convs} do not follow e4e's coarse/middle/fine pattern")
+    return cfg
+
+
+def params_from_state_dict(sd, config, latent_avg=None, prefix="encoder."):
+    """`{torch key: np.ndarray}` -> E4E params. `latent_avg` [n_styles, width] or [width] (broadcast)."""
+    params = {"body": body_params_from_state_dict(sd, prefix, config.body)}
+    width = config.style_width
+    for i in range(config.n_styles):
+        s = f"{prefix}styles.{i}."
+        block = {f"conv_{k}": {"kernel": conv_kernel(sd[f"{s}convs.{2 * k}.weight"]),
+                               "bias": sd[f"{s}convs.{2 * k}.bias"]}
+                 for k in range(config.convs_for_row(i))}
+        lin_w = sd[s + "linear.weight"]
+        scale = np.float32(1 / np.sqrt(lin_w.shape[1]))  # EqualLinear: torch multiplies weight * scale in fp32
+        block["linear"] = {"kernel": (lin_w * scale).T, "bias": sd[s + "linear.bias"]}
+        params[f"style_{i}"] = block
+    for name in ("latlayer1", "latlayer2"):
+        params[name] = {"kernel": conv_kernel(sd[f"{prefix}{name}.weight"]), "bias": sd[f"{prefix}{name}.bias"]}
+    if config.start_from_latent_avg:
+        if latent_avg is None:
+            raise ValueError("start_from_latent_avg needs latent_avg")
+        la = np.asarray(latent_avg, np.float32).reshape(-1, width)
+        params["latent_avg"] = np.broadcast_to(la, (config.n_styles, width)).copy()
+    return as_f32(params)
+
+
 def convert_checkpoint(ckpt, src="checkpoint"):
     """The loaded checkpoint (dict of numpy arrays etc.) -> (E4EConfig, params). Pure, no I/O."""
-    from stylejax import e4e
-
     if not isinstance(ckpt, dict):
         raise ConversionError(f"{src}: expected a dict with 'state_dict', 'latent_avg', 'opts'; got {type(ckpt).__name__}")
     sd = flatten_state_dict(ckpt["state_dict"]) if isinstance(ckpt.get("state_dict"), dict) else flatten_state_dict(ckpt)
@@ -46,7 +94,7 @@ def convert_checkpoint(ckpt, src="checkpoint"):
             raise ConversionError(f"{src}: this holds a StyleGAN2 generator but no e4e encoder; use `python -m convert stylegan2`")
         raise ConversionError(f"{src}: no encoder.* weights found; is this an e4e checkpoint (e4e_ffhq_encode.pt)?")
     try:
-        config = e4e.infer_config(sd)
+        config = infer_config(sd)
     except KeyError as e:
         raise ConversionError(f"{src}: missing weight {e.args[0]}; the e4e checkpoint is incomplete") from None
     except ValueError as e:
@@ -68,7 +116,7 @@ def convert_checkpoint(ckpt, src="checkpoint"):
                                   f"[{config.n_styles}, {config.style_width}] or [{config.style_width}]")
     config = e4e.E4EConfig(**{**config.__dict__, "start_from_latent_avg": start_from_avg})
     try:
-        params = e4e.params_from_state_dict(sd, config, latent_avg if start_from_avg else None)
+        params = params_from_state_dict(sd, config, latent_avg if start_from_avg else None)
     except KeyError as e:
         raise ConversionError(f"{src}: missing weight {e.args[0]}; the e4e checkpoint is incomplete") from None
     except ValueError as e:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stylejax.irse import HIGHEST, BatchNormInference, IRSEBody, IRSEConfig, body_params_from_state_dict, infer_body_config
+from stylejax.irse import HIGHEST, BatchNormInference, IRSEBody, IRSEConfig
 
 CROP_ROWS = (35, 223)
 CROP_COLS = (32, 220)
@@ -106,38 +106,7 @@ def id_loss(model, params, images, targets):
 
 
 # ----------------------------------------------------------------------------------------------
-# conversion (pure numpy) and loading
-
-def infer_config(sd, prefix=""):
-    body = infer_body_config(sd, prefix)
-    lin = sd[prefix + "output_layer.3.weight"]
-    c = body.widths[-1]
-    spatial = int(round((lin.shape[1] / c) ** 0.5))
-    if spatial * spatial * c != lin.shape[1]:
-        raise ValueError(f"output_layer.3.weight has {lin.shape[1]} inputs, not {c}·k² for the {c}-channel body")
-    return ArcFaceConfig(body=body, embed_dim=int(lin.shape[0]), input_size=spatial * 16)
-
-
-def params_from_state_dict(sd, config, prefix=""):
-    """`{torch key: np.ndarray}` (model_ir_se50.pth) -> ArcFace params."""
-    def bn(k):
-        return {"scale": sd[k + ".weight"], "bias": sd[k + ".bias"],
-                "mean": sd[k + ".running_mean"], "var": sd[k + ".running_var"]}
-
-    params = {
-        "body": body_params_from_state_dict(sd, prefix, config.body),
-        "out_bn2d": bn(prefix + "output_layer.0"),
-        "out_linear": {"kernel": sd[prefix + "output_layer.3.weight"].T, "bias": sd[prefix + "output_layer.3.bias"]},
-        "out_bn1d": bn(prefix + "output_layer.4"),
-    }
-    return _as_f32(params)
-
-
-def _as_f32(tree):
-    if isinstance(tree, dict):
-        return {k: _as_f32(v) for k, v in tree.items()}
-    return np.ascontiguousarray(tree, dtype=np.float32)
-
+# loading
 
 def load_arcface(path, dtype=None):
     """(ArcFace module, params) from a directory written by `python -m convert arcface`."""

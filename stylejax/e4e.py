@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from stylejax.irse import HIGHEST, IRSEBody, IRSEConfig, body_params_from_state_dict, conv, infer_body_config
+from stylejax.irse import HIGHEST, IRSEBody, IRSEConfig, conv
 
 
 @dataclass(frozen=True)
@@ -121,58 +121,7 @@ class E4E(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# conversion (pure numpy) and loading
-
-def infer_config(sd, prefix="encoder."):
-    """E4EConfig from an Encoder4Editing state dict (raises KeyError when keys are missing)."""
-    body = infer_body_config(sd, prefix)
-    n_styles = 0
-    convs = []
-    while f"{prefix}styles.{n_styles}.linear.weight" in sd:
-        k = 0
-        while f"{prefix}styles.{n_styles}.convs.{2 * k}.weight" in sd:
-            k += 1
-        convs.append(k)
-        n_styles += 1
-    if n_styles == 0:
-        raise KeyError(prefix + "styles.0.linear.weight")
-    # the reference fixes the row groups at 3 and 7; only the conv counts per group are read here
-    cfg0 = E4EConfig()
-    style_convs = tuple(convs[min(i, n_styles - 1)] for i in (0, cfg0.coarse_ind, cfg0.middle_ind))
-    cfg = E4EConfig(body=body, n_styles=n_styles, style_convs=style_convs)
-    if [cfg.convs_for_row(i) for i in range(n_styles)] != convs:
-        raise ValueError(f"map2style conv counts {convs} do not follow e4e's coarse/middle/fine pattern")
-    return cfg
-
-
-def params_from_state_dict(sd, config, latent_avg=None, prefix="encoder."):
-    """`{torch key: np.ndarray}` -> E4E params. `latent_avg` [n_styles, width] or [width] (broadcast)."""
-    params = {"body": body_params_from_state_dict(sd, prefix, config.body)}
-    width = config.style_width
-    for i in range(config.n_styles):
-        s = f"{prefix}styles.{i}."
-        block = {f"conv_{k}": {"kernel": sd[f"{s}convs.{2 * k}.weight"].transpose(2, 3, 1, 0),
-                               "bias": sd[f"{s}convs.{2 * k}.bias"]}
-                 for k in range(config.convs_for_row(i))}
-        lin_w = sd[s + "linear.weight"]
-        scale = np.float32(1 / np.sqrt(lin_w.shape[1]))  # EqualLinear: torch multiplies weight * scale in fp32
-        block["linear"] = {"kernel": (lin_w * scale).T, "bias": sd[s + "linear.bias"]}
-        params[f"style_{i}"] = block
-    for name in ("latlayer1", "latlayer2"):
-        params[name] = {"kernel": sd[f"{prefix}{name}.weight"].transpose(2, 3, 1, 0), "bias": sd[f"{prefix}{name}.bias"]}
-    if config.start_from_latent_avg:
-        if latent_avg is None:
-            raise ValueError("start_from_latent_avg needs latent_avg")
-        la = np.asarray(latent_avg, np.float32).reshape(-1, width)
-        params["latent_avg"] = np.broadcast_to(la, (config.n_styles, width)).copy()
-    return _as_f32(params)
-
-
-def _as_f32(tree):
-    if isinstance(tree, dict):
-        return {k: _as_f32(v) for k, v in tree.items()}
-    return np.ascontiguousarray(tree, dtype=np.float32)
-
+# loading
 
 def load_e4e(path, dtype=None):
     """(E4E module, params) from a directory written by `python -m convert e4e`."""

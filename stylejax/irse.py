@@ -2,12 +2,9 @@
 
 Inference only: every BatchNorm applies its stored running statistics (PyTorch eval mode); the
 statistics live in `params` next to the affine terms, so no `batch_stats` collection is involved.
-Parameter names mirror the PyTorch keys closely enough that `convert/` maps them one to one:
-
-    input_conv, input_bn, input_prelu               <- input_layer.{0,1,2}
-    unit_{i}/bn_in, conv1, prelu, conv2, bn_out     <- body.{i}.res_layer.{0,1,2,3,4}
-    unit_{i}/se_fc1, se_fc2                          <- body.{i}.res_layer.5.fc{1,2}
-    unit_{i}/shortcut_conv, shortcut_bn              <- body.{i}.shortcut_layer.{0,1}
+Parameters: input_conv, input_bn, input_prelu, then per unit `unit_{i}/` bn_in, conv1, prelu, conv2,
+bn_out, se_fc1, se_fc2 (+ shortcut_conv, shortcut_bn where the width changes). The mapping from the
+PyTorch keys lives in `convert/irse.py`.
 """
 from dataclasses import dataclass, field
 from typing import Any, Tuple
@@ -142,66 +139,3 @@ class IRSEBody(nn.Module):
             if i in ends:
                 stage_outputs.append(x)
         return stage_outputs
-
-
-# ----------------------------------------------------------------------------------------------
-# PyTorch state dict -> params (pure numpy; used by convert/e4e.py and convert/arcface.py)
-
-def _conv_kernel(w):
-    """torch [out, in, kh, kw] -> flax [kh, kw, in, out]."""
-    return w.transpose(2, 3, 1, 0)
-
-
-def _bn(sd, prefix):
-    return {"scale": sd[prefix + ".weight"], "bias": sd[prefix + ".bias"],
-            "mean": sd[prefix + ".running_mean"], "var": sd[prefix + ".running_var"]}
-
-
-def body_params_from_state_dict(sd, prefix, config):
-    """Maps `{prefix}input_layer.*` and `{prefix}body.{i}.*` to IRSEBody params (raises KeyError)."""
-    p = {
-        "input_conv": {"kernel": _conv_kernel(sd[prefix + "input_layer.0.weight"])},
-        "input_bn": _bn(sd, prefix + "input_layer.1"),
-        "input_prelu": {"alpha": sd[prefix + "input_layer.2.weight"].reshape(-1)},
-    }
-    for i, (c_in, depth, _) in enumerate(config.units()):
-        u = f"{prefix}body.{i}."
-        unit = {
-            "bn_in": _bn(sd, u + "res_layer.0"),
-            "conv1": {"kernel": _conv_kernel(sd[u + "res_layer.1.weight"])},
-            "prelu": {"alpha": sd[u + "res_layer.2.weight"].reshape(-1)},
-            "conv2": {"kernel": _conv_kernel(sd[u + "res_layer.3.weight"])},
-            "bn_out": _bn(sd, u + "res_layer.4"),
-            "se_fc1": {"kernel": _conv_kernel(sd[u + "res_layer.5.fc1.weight"])},
-            "se_fc2": {"kernel": _conv_kernel(sd[u + "res_layer.5.fc2.weight"])},
-        }
-        if c_in != depth:
-            unit["shortcut_conv"] = {"kernel": _conv_kernel(sd[u + "shortcut_layer.0.weight"])}
-            unit["shortcut_bn"] = _bn(sd, u + "shortcut_layer.1")
-        p[f"unit_{i}"] = unit
-    return p
-
-
-def infer_body_config(sd, prefix):
-    """Reads the body shape from the state dict: widths from conv shapes; a stage starts at unit 0 and
-    wherever the channel count changes (true for IR-SE50/100/152, whose stages all widen)."""
-    stem_key = prefix + "input_layer.0.weight"
-    if stem_key not in sd:
-        raise KeyError(stem_key)
-    stem = int(sd[stem_key].shape[0])
-    depths, n = [], 0
-    while f"{prefix}body.{n}.res_layer.1.weight" in sd:
-        depths.append(int(sd[f"{prefix}body.{n}.res_layer.1.weight"].shape[0]))
-        n += 1
-    if n == 0:
-        raise KeyError(prefix + "body.0.res_layer.1.weight")
-    widths, units, c_in = [], [], stem
-    for i, d in enumerate(depths):
-        if i == 0 or d != c_in:
-            widths.append(d)
-            units.append(0)
-        units[-1] += 1
-        c_in = d
-    fc1 = sd.get(prefix + "body.0.res_layer.5.fc1.weight")
-    reduction = int(depths[0] // fc1.shape[0]) if fc1 is not None else 16
-    return IRSEConfig(stem_width=stem, widths=tuple(widths), units_per_stage=tuple(units), se_reduction=reduction)

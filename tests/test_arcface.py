@@ -26,7 +26,7 @@ def golden():
 @pytest.fixture(scope="module")
 def model_params(golden):
     cfg = arcface.small_config()
-    return arcface.ArcFace(cfg), arcface.params_from_state_dict(golden[0], cfg)
+    return arcface.ArcFace(cfg), convert_arcface.params_from_state_dict(golden[0], cfg)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def embed_jit(model_params):
 
 def test_parity_with_reference(golden, model_params, embed_jit):
     sd, images, emb_ref = golden
-    assert arcface.infer_config(sd) == arcface.small_config()
+    assert convert_arcface.infer_config(sd) == arcface.small_config()
     emb = np.asarray(embed_jit(model_params[1], images))
     assert emb.shape == (2, 32)
     assert np.abs(emb - emb_ref).max() <= 1e-4

@@ -50,14 +50,14 @@ def _save(path, obj):
 
 def test_golden_is_the_reduced_reference_config(golden):
     sd, _, images, ws = golden
-    assert e4e.infer_config(sd) == e4e.small_config()
+    assert convert_e4e.infer_config(sd) == e4e.small_config()
     assert ws.shape == (2, 18, 22) and images.shape == (2, 96, 96, 3)
     assert sum(k.endswith("convs.10.weight") for k in sd) == 11  # rows 7..17 have 6 convs
 
 
 def test_parity_with_reference(golden, apply_small):
     sd, latent_avg, images, ws_ref = golden
-    params = e4e.params_from_state_dict(sd, e4e.small_config(), latent_avg)
+    params = convert_e4e.params_from_state_dict(sd, e4e.small_config(), latent_avg)
     ws = np.asarray(apply_small({"params": params}, images))
     assert np.abs(ws - ws_ref).max() <= 1e-4
     # the per-row deltas matter: rows differ from row 0 by more than the tolerance
