@@ -22,6 +22,8 @@ setup(
     extras_require={
         # dlib's 68-point predictor and its face detector; the models package ships the .dat files.
         "align": ["dlib-bin", "face_recognition_models"],
+        # Converters read torch/NVlabs/TF checkpoints with numpy alone: nothing beyond the core packages.
+        "convert": [],
         # torch is needed only to produce reference outputs, never to convert or run.
         "reference": ["torch==2.13.0"],
         "test": ["pytest", "dlib-bin", "face_recognition_models", "torch==2.13.0"],
