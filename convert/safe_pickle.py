@@ -255,6 +255,16 @@ def _load_zip(path, extra_globals):
             return restricted_load(f, extra_globals, persistent_load)
 
 
+def is_torch_file(path):
+    """True for a torch.save file: a zip archive, or a legacy file starting with the pickled magic number."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        head = f.read(14)
+    # protocol 2 PROTO opcode, then LONG1 of 10 bytes holding the magic number
+    return head == b"\x80\x02\x8a\x0a" + _LEGACY_MAGIC.to_bytes(10, "little")
+
+
 def _load_legacy(f, extra_globals):
     def plain(fobj):
         return restricted_load(fobj, None, None)

@@ -35,15 +35,16 @@ def _get(sd, key):
         raise ConversionError(f"StyleGAN2 state dict lacks '{key}'; is this a StyleGAN2 generator checkpoint?") from None
 
 
-def _layer(sd, prefix, noise=None, torgb=False):
-    """rosinality StyledConv / ToRGB -> our ModulatedLayer params (and its noise buffer)."""
+def _layer(sd, prefix, noise=None):
+    """rosinality StyledConv (with its noise buffer key) or ToRGB (noise=None) -> our ModulatedLayer
+    params, and the noise buffer."""
     w = _get(sd, f"{prefix}.conv.weight")[0]  # [O, I, k, k]
     p = {
         "affine": {"weight": _get(sd, f"{prefix}.conv.modulation.weight").T,  # [w_dim, I]
                    "bias": _get(sd, f"{prefix}.conv.modulation.bias")},      # +1 already baked in
         "weight": np.ascontiguousarray(w.transpose(2, 3, 1, 0)),             # HWIO
     }
-    if torgb:
+    if noise is None:  # ToRGB
         p["bias"] = _get(sd, f"{prefix}.bias").reshape(-1)
         return p, None
     p["bias"] = _get(sd, f"{prefix}.activate.bias")
@@ -53,44 +54,33 @@ def _layer(sd, prefix, noise=None, torgb=False):
 
 def from_rosinality(sd, w_avg=None, mapping_lr_mul=0.01, conv_clamp=None):
     """Canonical (rosinality-named) state dict -> (GeneratorConfig, params, buffers)."""
+    from convert.stylegan2_formats import describe
     from stylejax.generator import GeneratorConfig
 
-    const = _get(sd, "input.input")[0]  # [C, 4, 4]
-    n_mapping = len([k for k in sd if k.startswith("style.") and k.endswith(".weight")])
-    if n_mapping == 0:
-        raise ConversionError("StyleGAN2 state dict has no mapping layers (style.N.weight)")
-    n_blocks = len([k for k in sd if k.startswith("to_rgbs.") and k.endswith(".conv.weight")])
-    resolution = 4 * 2 ** n_blocks
-    z_dim = _get(sd, "style.1.weight").shape[1]
-    w_dim = _get(sd, f"style.{n_mapping}.weight").shape[0]
-    channels = {4: const.shape[0]}
-    for k in range(n_blocks):
-        channels[8 * 2 ** k] = _get(sd, f"convs.{2 * k}.conv.weight").shape[1]
-    config = GeneratorConfig(resolution=resolution, z_dim=z_dim, w_dim=w_dim, mapping_layers=n_mapping,
-                             mapping_lr_mul=mapping_lr_mul, channels=tuple(channels.items()),
-                             conv_clamp=conv_clamp)
+    shape = describe(sd)  # resolution, dims and channels, from the tensor shapes
+    config = GeneratorConfig(resolution=shape["resolution"], z_dim=shape["z_dim"], w_dim=shape["w_dim"],
+                             mapping_layers=shape["mapping_layers"], mapping_lr_mul=mapping_lr_mul,
+                             channels=tuple(shape["channels"].items()), conv_clamp=conv_clamp)
 
     mapping = {f"fc{i}": {"weight": _get(sd, f"style.{i + 1}.weight").T,
-                          "bias": _get(sd, f"style.{i + 1}.bias")} for i in range(n_mapping)}
+                          "bias": _get(sd, f"style.{i + 1}.bias")} for i in range(config.mapping_layers)}
+    const = _get(sd, "input.input")[0]  # [C, 4, 4]
     synthesis = {"const": np.ascontiguousarray(const.transpose(1, 2, 0))}
-    noise = {}
-    b4_conv1, noise["b4"] = _layer(sd, "conv1", "noises.noise_0")
-    noise["b4"] = {"conv1": noise["b4"]}
-    synthesis["b4"] = {"conv1": b4_conv1, "torgb": _layer(sd, "to_rgb1", torgb=True)[0]}
-    for k in range(n_blocks):
-        res = 8 * 2 ** k
+    conv1, n1 = _layer(sd, "conv1", "noises.noise_0")
+    synthesis["b4"] = {"conv1": conv1, "torgb": _layer(sd, "to_rgb1")[0]}
+    noise = {"b4": {"conv1": n1}}
+    for k, res in enumerate(config.resolutions[1:]):
         conv0, n0 = _layer(sd, f"convs.{2 * k}", f"noises.noise_{2 * k + 1}")
         conv1, n1 = _layer(sd, f"convs.{2 * k + 1}", f"noises.noise_{2 * k + 2}")
-        synthesis[f"b{res}"] = {"conv0": conv0, "conv1": conv1,
-                                "torgb": _layer(sd, f"to_rgbs.{k}", torgb=True)[0]}
+        synthesis[f"b{res}"] = {"conv0": conv0, "conv1": conv1, "torgb": _layer(sd, f"to_rgbs.{k}")[0]}
         noise[f"b{res}"] = {"conv0": n0, "conv1": n1}
 
     params = {"mapping": mapping, "synthesis": synthesis}
     if w_avg is None:
         w_avg = estimate_w_avg(config, params)
     w_avg = np.asarray(w_avg, np.float32).reshape(-1)
-    if w_avg.shape != (w_dim,):
-        raise ConversionError(f"w_avg has shape {w_avg.shape}, expected ({w_dim},)")
+    if w_avg.shape != (config.w_dim,):
+        raise ConversionError(f"w_avg has shape {w_avg.shape}, expected ({config.w_dim},)")
     buffers = {"mapping": {"w_avg": w_avg}, "synthesis": noise}
     return config, params, buffers
 
@@ -109,13 +99,6 @@ def estimate_w_avg(config, params, n=10_000, seed=0):
 
 
 def count_params(params):
-    return int(sum(np.prod(np.shape(v)) for v in _leaves(params)))
+    import jax
 
-
-def _leaves(tree):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _leaves(v)
-    else:
-        yield tree
-
+    return int(sum(np.prod(np.shape(v)) for v in jax.tree_util.tree_leaves(params)))

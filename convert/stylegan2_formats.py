@@ -17,16 +17,14 @@ their own loader `exec`s it; TF pickles embed build-function source as well. Her
 import math
 import os
 import re
-import zipfile
 
 import numpy as np
 
 from convert import ConversionError
-from convert.safe_pickle import UnsafeCheckpointError, load_pickle_file, load_torch_file
+from convert.safe_pickle import UnsafeCheckpointError, is_torch_file, load_pickle_file, load_torch_file
 
-__all__ = ["read_stylegan2", "UnsafeCheckpointError"]
+__all__ = ["read_stylegan2", "describe", "UnsafeCheckpointError"]
 
-_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 # rosinality stores its up-sampling FIR kernels pre-multiplied by factor² = 4; NVlabs stores them normalised.
 _FIR = np.outer([1.0, 3.0, 3.0, 1.0], [1.0, 3.0, 3.0, 1.0]) / 64.0
 
@@ -90,7 +88,7 @@ def read_stylegan2(path):
     try:
         fmt, sd, w_avg, extra = _dispatch(obj)
         sd = _canonical(sd)
-        info = {"format": fmt, **_describe(sd), "mapping_lr_multiplier": 0.01, "conv_clamp": None}
+        info = {"format": fmt, **describe(sd), "mapping_lr_multiplier": 0.01, "conv_clamp": None}
         info.update(extra)
         w_avg = _as_w_avg(w_avg, info["w_dim"])
     except ConversionError as e:
@@ -105,8 +103,7 @@ def _load(path):
         head = f.read(16)
     if not head:
         raise ConversionError(f"{path}: empty file, not a StyleGAN2 checkpoint")
-    legacy_torch = head.startswith(b"\x80\x02\x8a\x0a" + _TORCH_LEGACY_MAGIC.to_bytes(10, "little"))
-    if zipfile.is_zipfile(path) or legacy_torch:
+    if is_torch_file(path):
         return load_torch_file(path)
     if head.startswith(b"PK"):
         raise ConversionError(f"{path}: damaged zip/PyTorch file (no central directory); is it complete?")
@@ -408,7 +405,8 @@ def _canonical(sd):
     return {k: np.ascontiguousarray(sd[k], dtype=np.float32) for k in exp}
 
 
-def _describe(sd):
+def describe(sd):
+    """{resolution, z_dim, w_dim, mapping_layers, channels} of a canonical (rosinality-named) state dict."""
     return _expected_shapes(sd)[1]
 
 
