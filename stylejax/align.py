@@ -24,16 +24,12 @@ from typing import Callable
 
 import numpy as np
 
-from stylejax.landmarks import LandmarkError
+from stylejax.landmarks import LandmarkError, log_stderr
 from stylejax.video import VideoError, VideoWriter, iter_frames, load_frames, probe
 
 
 class AlignError(ValueError):
     """Alignment cannot proceed; the message is one line naming the problem and what to do."""
-
-
-def _log_stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -319,7 +315,7 @@ def _landmark_stream(video: str, info, max_frames: int | None, max_gap: int, min
 
 
 def track_landmarks(video: str, max_frames: int | None = None, max_gap: int = 15, min_eye_dist: float = 32.0,
-                    detect_long_side: int = 480, refine: int = 1, log: Callable[[str], None] = _log_stderr):
+                    detect_long_side: int = 480, refine: int = 1, log: Callable[[str], None] = log_stderr):
     """Landmarks [T,68,2] (gaps interpolated), valid [T], and the video's `VideoInfo` (no rendering)."""
     info = probe(video)
     landmarks, valid = [], []
@@ -350,7 +346,7 @@ def _draw_preview(frame: np.ndarray, landmarks: np.ndarray, quad: np.ndarray, va
 def align_video(video: str, out_dir: str, size: int = 1024, center_sigma: float = 1.0, axes_sigma: float = 3.0,
                 keep_roll: bool = False, preview: bool = False, max_gap: int = 15, min_eye_dist: float = 32.0,
                 max_frames: int | None = None, resample: str = "cubic", overwrite: bool = False,
-                detect_long_side: int = 480, refine: int = 1, log: Callable[[str], None] = _log_stderr) -> dict:
+                detect_long_side: int = 480, refine: int = 1, log: Callable[[str], None] = log_stderr) -> dict:
     """Align every frame of `video` into `out_dir` (frames.npy, transforms.npz, preview.mp4 if asked).
 
     One decoding pass: frame t is rendered as soon as the (smoothed) transform of t is final, i.e. once a

@@ -34,7 +34,7 @@ class LandmarkError(ValueError):
     """The landmark models cannot be found or loaded."""
 
 
-def _log_stderr(msg: str) -> None:
+def log_stderr(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
@@ -144,7 +144,7 @@ class FaceTracker:
     """Per-frame 68-point landmarks of one face: the largest in the first frame that has a face, then in
     every frame the detection nearest the previous one (within a gate, so it does not jump to another face)."""
 
-    def __init__(self, detect_long_side: int = 480, refine: int = 1, log: Callable[[str], None] = _log_stderr):
+    def __init__(self, detect_long_side: int = 480, refine: int = 1, log: Callable[[str], None] = log_stderr):
         self.detect_long_side = detect_long_side
         self.refine = refine
         self.log = log
