@@ -128,6 +128,8 @@ def iter_frames(path: str, info: VideoInfo | None = None) -> Iterator[np.ndarray
             proc.kill()
         proc.stdout.close()
         proc.wait()
+        drain.join(timeout=5)  # the killed ffmpeg closes its end, so the drain ends and stderr can close
+        proc.stderr.close()
 
 
 def read_video(path: str) -> tuple[Iterator[np.ndarray], VideoInfo]:

@@ -198,7 +198,8 @@ def _bad_inputs(fixtures_dir, d):
     text = d / "notes.mp4"
     text.write_text("this is not a video\n")
     cases["text"] = (str(text), [], "not a video or corrupt")
-    src = open(os.path.join(fixtures_dir, ALIGNED), "rb").read()
+    with open(os.path.join(fixtures_dir, ALIGNED), "rb") as f:
+        src = f.read()
     rng = np.random.default_rng(0)
     head = bytearray(src)
     head[:256] = rng.integers(0, 256, 256, dtype=np.uint8).tobytes()
