@@ -5,6 +5,8 @@ Every converter reads a user-supplied checkpoint without executing anything from
 see `stylejax.checkpoint`).
 """
 
+from stylejax.errors import UserError
 
-class ConversionError(Exception):
+
+class ConversionError(UserError):
     """A problem with the user's input; the CLI prints it as one line, no traceback."""

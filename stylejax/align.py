@@ -26,9 +26,10 @@ import numpy as np
 
 from stylejax.landmarks import LandmarkError, log_stderr
 from stylejax.video import VideoError, VideoWriter, iter_frames, load_frames, probe
+from stylejax.errors import UserError
 
 
-class AlignError(ValueError):
+class AlignError(UserError, ValueError):
     """Alignment cannot proceed; the message is one line naming the problem and what to do."""
 
 

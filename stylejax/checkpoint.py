@@ -8,11 +8,12 @@ import os
 import shutil
 
 import numpy as np
+from stylejax.errors import UserError
 
 FORMAT_VERSION = 1
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A stylejax checkpoint directory is missing, incomplete or of the wrong kind."""
 
 

@@ -12,9 +12,10 @@ import os
 import sys
 
 import numpy as np
+from stylejax.errors import UserError
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     pass
 
 

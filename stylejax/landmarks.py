@@ -16,6 +16,7 @@ import sys
 from typing import Callable
 
 import numpy as np
+from stylejax.errors import UserError
 
 # dlib's HOG detector finds faces from about 80 px wide; tracking windows are rescaled to put the face here.
 TRACK_FACE_PX = 100
@@ -30,7 +31,7 @@ REFINE_JITTER = lambda half: [(0, 0, 1)] + [(a * 0.04 * half, b * 0.04 * half, 1
 TRACK_GATE = 1.0
 
 
-class LandmarkError(ValueError):
+class LandmarkError(UserError, ValueError):
     """The landmark models cannot be found or loaded."""
 
 

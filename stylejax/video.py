@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
+from stylejax.errors import UserError
 
 
-class VideoError(ValueError):
+class VideoError(UserError, ValueError):
     """A video cannot be read or written; the message is one line naming the file and the problem."""
 
 
