@@ -2,7 +2,7 @@
 
 Every converter reads a user-supplied checkpoint without executing anything from it
 (see `convert.safe_pickle`) and writes a stylejax checkpoint (orbax params + config.json,
-see `stylejax.checkpoint`).
+see `stylejax.io.checkpoint`).
 """
 
 from stylejax.errors import UserError

@@ -1,6 +1,5 @@
-"""Converted params trees: fp32 normalisation, and a check against the shapes the Flax module expects
-(one-line errors)."""
-import jax
+"""Converted params trees: fp32 normalisation, and the network contract's shape/finiteness check as a
+ConversionError (one-line errors)."""
 import numpy as np
 
 from convert import ConversionError
@@ -13,25 +12,12 @@ def as_f32(tree):
     return np.ascontiguousarray(tree, dtype=np.float32)
 
 
-def check_against_init(src, params, module, *example_args):
-    """Raises ConversionError unless `params` has exactly the keys and shapes `module.init` would make,
-    and every value is finite."""
-    expected = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *example_args))["params"]
-    want = {"/".join(str(getattr(k, "key", k)) for k in path): v.shape
-            for path, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
-    got = {"/".join(str(getattr(k, "key", k)) for k in path): np.shape(v)
-           for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-    missing = sorted(set(want) - set(got))
-    if missing:
-        raise ConversionError(f"{src}: converted parameters lack {missing[0]} ({len(missing)} missing); the file is incomplete")
-    extra = sorted(set(got) - set(want))
-    if extra:
-        raise ConversionError(f"{src}: unexpected parameter {extra[0]}; the file does not match the architecture")
-    for name in sorted(want):
-        if tuple(want[name]) != tuple(got[name]):
-            raise ConversionError(f"{src}: {name} has shape {tuple(got[name])}, expected {tuple(want[name])}; "
-                                  "the file does not match the architecture")
-    for path, v in jax.tree_util.tree_flatten_with_path(params)[0]:
-        if not np.all(np.isfinite(v)):
-            name = "/".join(str(getattr(k, "key", k)) for k in path)
-            raise ConversionError(f"{src}: {name} contains NaN or inf values; the checkpoint is corrupt")
+def check_network(src, net):
+    """Raises ConversionError unless the network object's params have exactly the keys and shapes its
+    config implies and every value is finite (`stylejax.nets.base.Network.check`)."""
+    from stylejax.nets.base import ShapeError
+
+    try:
+        return net.check(str(src))
+    except ShapeError as e:
+        raise ConversionError(str(e)) from None

@@ -1,16 +1,17 @@
 """ArcFace IR-SE50 for the ID loss: model_ir_se50.pth (TreB1eN/InsightFace_Pytorch) -> stylejax checkpoint."""
+from absl import flags
 import numpy as np
 
 from convert import ConversionError
-from convert._params_check import as_f32, check_against_init
+from convert._params_check import as_f32, check_network
 from convert.irse import bn_params, body_params_from_state_dict, infer_body_config
 from convert.safe_pickle import flatten_state_dict, load_torch_file
-from stylejax import arcface
+from stylejax.nets import arcface
 
 
-def add_arguments(parser):
-    parser.add_argument("--src", required=True, help="ArcFace state dict, e.g. model_ir_se50.pth")
-    parser.add_argument("--out", required=True, help="output directory (stylejax checkpoint, kind 'arcface')")
+def define_flags(fv):
+    flags.DEFINE_string("src", None, "ArcFace state dict, e.g. model_ir_se50.pth", flag_values=fv)
+    flags.DEFINE_string("out", None, "output directory (stylejax checkpoint, kind 'arcface')", flag_values=fv)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -63,14 +64,15 @@ def convert_checkpoint(ckpt, src="checkpoint"):
     if config.input_size != 112:
         raise ConversionError(f"{src}: the output layer expects a {config.input_size // 16}² map (input "
                               f"{config.input_size}); only the 112² ArcFace used by e4e/pSp is supported")
-    size = config.input_size
-    check_against_init(src, params, arcface.ArcFace(config), np.zeros((1, size, size, 3), np.float32), True)
+    check_network(src, arcface.ArcFace(config, params))
     return config, params
 
 
 def run(args):
-    from stylejax import checkpoint
+    from stylejax.io import checkpoint
 
     config, params = convert_checkpoint(load_torch_file(args.src), args.src)
-    checkpoint.save(args.out, "arcface", config.to_dict(), params)
-    print(f"ArcFace IR-SE (widths {list(config.body.widths)}, {config.embed_dim}-d embedding) -> {args.out}")
+    checkpoint.save_network(arcface.ArcFace(config, params), args.out, overwrite=args.overwrite,
+                            inputs=[args.src], source=args.src)
+    return {"message": f"ArcFace IR-SE (widths {list(config.body.widths)}, {config.embed_dim}-d embedding) -> {args.out}",
+            "out": args.out}

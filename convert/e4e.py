@@ -3,22 +3,23 @@
 The same file's decoder.* is a rosinality StyleGAN2 generator; convert it separately with
 `python -m convert stylegan2 --src e4e_ffhq_encode.pt --out DIR`.
 """
+from absl import flags
 import math
 
 import numpy as np
 
 from convert import ConversionError
-from convert._params_check import as_f32, check_against_init
+from convert._params_check import as_f32, check_network
 from convert.irse import body_params_from_state_dict, conv_kernel, infer_body_config
 from convert.safe_pickle import flatten_state_dict, load_torch_file
-from stylejax import e4e
+from stylejax.nets import e4e
 
 
-def add_arguments(parser):
-    parser.add_argument("--src", required=True, help="e4e checkpoint, e.g. e4e_ffhq_encode.pt")
-    parser.add_argument("--out", required=True, help="output directory (stylejax checkpoint, kind 'e4e')")
-    parser.epilog = ("Only the encoder is converted. The decoder in the same file converts with "
-                     "`python -m convert stylegan2 --src e4e_ffhq_encode.pt --out DIR`.")
+def define_flags(fv):
+    """Only the encoder is converted. The decoder in the same file converts with
+    `python -m convert stylegan2 --src e4e_ffhq_encode.pt --out DIR`."""
+    flags.DEFINE_string("src", None, "e4e checkpoint, e.g. e4e_ffhq_encode.pt", flag_values=fv)
+    flags.DEFINE_string("out", None, "output directory (stylejax checkpoint, kind 'e4e')", flag_values=fv)
 
 
 def _opts_dict(opts):
@@ -121,14 +122,16 @@ def convert_checkpoint(ckpt, src="checkpoint"):
         raise ConversionError(f"{src}: missing weight {e.args[0]}; the e4e checkpoint is incomplete") from None
     except ValueError as e:
         raise ConversionError(f"{src}: {e}") from None
-    check_against_init(src, params, e4e.E4E(config), np.zeros((1, 256, 256, 3), np.float32))
+    check_network(src, e4e.E4E(config, params))
     return config, params
 
 
 def run(args):
-    from stylejax import checkpoint
+    from stylejax.io import checkpoint
 
     config, params = convert_checkpoint(load_torch_file(args.src), args.src)
-    checkpoint.save(args.out, "e4e", config.to_dict(), params)
-    print(f"e4e encoder ({config.n_styles} styles, widths {list(config.body.widths)}) -> {args.out}; "
-          f"its decoder converts with `python -m convert stylegan2 --src {args.src} --out DIR`")
+    checkpoint.save_network(e4e.E4E(config, params), args.out, overwrite=args.overwrite, inputs=[args.src],
+                            source=args.src)
+    return {"message": f"e4e encoder ({config.n_styles} styles, widths {list(config.body.widths)}) -> {args.out}; "
+                       f"its decoder converts with `python -m convert stylegan2 --src {args.src} --out DIR`",
+            "out": args.out}

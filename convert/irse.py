@@ -1,4 +1,4 @@
-"""IR-SE body (TreB1eN InsightFace layout) torch state dict -> `stylejax.irse.IRSEBody` params and config.
+"""IR-SE body (TreB1eN InsightFace layout) torch state dict -> `stylejax.nets.irse.IRSEBody` params and config.
 
 Shared by the e4e and ArcFace converters. Key mapping (torch -> ours):
 
@@ -9,7 +9,7 @@ Shared by the e4e and ArcFace converters. Key mapping (torch -> ours):
 
 Pure numpy; missing keys raise KeyError (the callers turn it into a ConversionError).
 """
-from stylejax.irse import IRSEConfig
+from stylejax.nets.irse import IRSEConfig
 
 
 def conv_kernel(w):

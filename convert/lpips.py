@@ -9,34 +9,37 @@
          classifier is ignored).
 The net is inferred from the shapes; --net only double-checks it.
 """
+from absl import flags
 import re
 
 import numpy as np
 
 from convert import ConversionError
-from stylejax.lpips import KIND, LAYOUTS, LPIPSConfig, conv_specs
+from stylejax.nets.lpips import LAYOUTS, LPIPS, LPIPSConfig, conv_specs
 
 _HEAD = re.compile(r"^(?:module\.)?lin(\d)\.model\.1\.weight$")
 _TRUNK = re.compile(r"^(?:module\.)?features\.(\d+)\.(weight|bias)$")
 _LPIPS_TRUNK = re.compile(r"^(?:module\.)?net\.slice\d\.(\d+)\.(weight|bias)$")
 
 
-def add_arguments(parser):
-    parser.add_argument("--src", required=True, help="lpips head weights, e.g. lpips/weights/v0.1/vgg.pth")
-    parser.add_argument("--src2", help="torchvision trunk state dict, e.g. vgg16-397923af.pth / alexnet-owt-7be5be79.pth")
-    parser.add_argument("--out", required=True, help="output stylejax checkpoint directory")
-    parser.add_argument("--net", choices=sorted(LAYOUTS), help="expected trunk (default: inferred from shapes)")
+def define_flags(fv):
+    flags.DEFINE_string("src", None, "lpips head weights, e.g. lpips/weights/v0.1/vgg.pth", flag_values=fv)
+    flags.DEFINE_string("src2", None, "torchvision trunk state dict, e.g. vgg16-397923af.pth / alexnet-owt-7be5be79.pth",
+                        flag_values=fv)
+    flags.DEFINE_string("out", None, "output stylejax checkpoint directory", flag_values=fv)
+    flags.DEFINE_enum("net", None, sorted(LAYOUTS), "expected trunk (default: inferred from shapes)", flag_values=fv)
 
 
 def run(args):
     from convert.safe_pickle import load_torch_file
-    from stylejax import checkpoint
+    from stylejax.io import checkpoint
 
     heads = _state_dict(load_torch_file(args.src), args.src)
     trunk = _state_dict(load_torch_file(args.src2), args.src2) if args.src2 else None
     config, params = convert_state_dicts(heads, trunk, net=args.net, src_names=(args.src, args.src2))
-    checkpoint.save(args.out, KIND, config.to_dict(), params)
-    print(f"wrote LPIPS-{config.net} (widths {list(config.widths)}) to {args.out}")
+    checkpoint.save_network(LPIPS(config, params), args.out, overwrite=args.overwrite,
+                            inputs=[args.src, args.src2], source=args.src)
+    return {"message": f"wrote LPIPS-{config.net} (widths {list(config.widths)}) to {args.out}", "out": args.out}
 
 
 def _state_dict(obj, name):

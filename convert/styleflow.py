@@ -1,4 +1,5 @@
 """StyleFlow CNF (`modellarge10k.pt`, a plain `torch.save(prior.state_dict())`) -> stylejax checkpoint."""
+from absl import flags
 import re
 
 import numpy as np
@@ -10,9 +11,9 @@ _BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 _LAYER_RE = re.compile(r"chain\.1\.odefunc\.diffeq\.layers\.(\d+)\.")
 
 
-def add_arguments(parser):
-    parser.add_argument("--src", required=True, help="StyleFlow flow weights, e.g. flow_weight/modellarge10k.pt")
-    parser.add_argument("--out", required=True, help="output checkpoint directory")
+def define_flags(fv):
+    flags.DEFINE_string("src", None, "StyleFlow flow weights, e.g. flow_weight/modellarge10k.pt", flag_values=fv)
+    flags.DEFINE_string("out", None, "output checkpoint directory", flag_values=fv)
 
 
 def _array(sd, key, shape=None):
@@ -78,12 +79,16 @@ def state_dict_to_params(state_dict):
 
 def run(args):
     from convert.safe_pickle import load_torch_file
-    from stylejax import checkpoint
+    from stylejax.io import checkpoint
 
     state_dict = load_torch_file(args.src)
     if isinstance(state_dict, dict) and "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
         state_dict = state_dict["state_dict"]
     config, params = state_dict_to_params(state_dict)
-    checkpoint.save(args.out, KIND, config, params)
-    print(f"wrote {args.out}: StyleFlow CNF dim {config['dim']}, {len(params['odenet'])} ODE layers, "
-          f"cond {config['cond_dim']}, T = {float(params['sqrt_end_time']) ** 2:.4f}")
+    from stylejax.nets.base import config_from_dict
+    from stylejax.nets.styleflow import StyleFlow, StyleFlowConfig
+
+    net = StyleFlow(config_from_dict(StyleFlowConfig, config), params)
+    checkpoint.save_network(net, args.out, overwrite=args.overwrite, inputs=[args.src], source=args.src)
+    return {"message": f"wrote {args.out}: StyleFlow CNF dim {config['dim']}, {len(params['odenet'])} ODE layers, "
+                       f"cond {config['cond_dim']}, T = {float(params['sqrt_end_time']) ** 2:.4f}", "out": args.out}

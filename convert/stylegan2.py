@@ -3,29 +3,34 @@
 All formats are first read into one canonical dict with rosinality's `g_ema` names and layouts
 (`convert.stylegan2_formats`); this module maps that dict to the Flax generator's parameters.
 """
+from absl import flags
 import numpy as np
 
 from convert import ConversionError
 
 
-def add_arguments(parser):
-    parser.add_argument("--src", required=True, help="rosinality/e4e .pt, NVlabs .pkl or TF StyleGAN2 .pkl")
-    parser.add_argument("--out", required=True, help="output directory (stylejax checkpoint)")
-    parser.add_argument("--mapping-lr-mul", type=float, default=None,
-                        help="override the mapping-network learning-rate multiplier (default: from the file, else 0.01)")
+def define_flags(fv):
+    flags.DEFINE_string("src", None, "rosinality/e4e .pt, NVlabs .pkl or TF StyleGAN2 .pkl", flag_values=fv)
+    flags.DEFINE_string("out", None, "output directory (stylejax checkpoint)", flag_values=fv)
+    flags.DEFINE_float("mapping-lr-mul", None,
+                       "override the mapping-network learning-rate multiplier (default: from the file, else 0.01)",
+                       flag_values=fv)
 
 
 def run(args):
     from convert.stylegan2_formats import read_stylegan2
-    from stylejax import checkpoint
+    from stylejax.io import checkpoint
 
     state_dict, w_avg, info = read_stylegan2(args.src)
     lr_mul = args.mapping_lr_mul or info.get("mapping_lr_multiplier") or 0.01
     config, params, buffers = from_rosinality(state_dict, w_avg, mapping_lr_mul=lr_mul,
                                               conv_clamp=info.get("conv_clamp"))
-    checkpoint.save(args.out, "stylegan2", config.to_dict(), {"params": params, "buffers": buffers})
-    print(f"converted {info.get('format', '?')} StyleGAN2 ({config.resolution}x{config.resolution}, "
-          f"{config.num_ws} ws) -> {args.out}")
+    from stylejax.nets.generator import Generator
+
+    checkpoint.save_network(Generator(config, params, buffers), args.out, overwrite=args.overwrite,
+                            inputs=[args.src], source=args.src)
+    return {"message": f"converted {info.get('format', '?')} StyleGAN2 ({config.resolution}x{config.resolution}, "
+                       f"{config.num_ws} ws) -> {args.out}", "out": args.out}
 
 
 def _get(sd, key):
@@ -55,7 +60,7 @@ def _layer(sd, prefix, noise=None):
 def from_rosinality(sd, w_avg=None, mapping_lr_mul=0.01, conv_clamp=None):
     """Canonical (rosinality-named) state dict -> (GeneratorConfig, params, buffers)."""
     from convert.stylegan2_formats import describe
-    from stylejax.generator import GeneratorConfig
+    from stylejax.nets.generator import GeneratorConfig
 
     shape = describe(sd)  # resolution, dims and channels, from the tensor shapes
     config = GeneratorConfig(resolution=shape["resolution"], z_dim=shape["z_dim"], w_dim=shape["w_dim"],
@@ -90,7 +95,7 @@ def estimate_w_avg(config, params, n=10_000, seed=0):
     import jax
     import jax.numpy as jnp
 
-    from stylejax.generator import Generator
+    from stylejax.nets.generator import Generator
 
     g = Generator(config, jax.tree_util.tree_map(jnp.asarray, params),
                   {"mapping": {"w_avg": jnp.zeros(config.w_dim)}, "synthesis": {}})

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stylejax.e4e import E4E, E4EConfig
+from stylejax.nets.e4e import E4E, E4EConfig
 
 
 def main():
@@ -26,18 +26,18 @@ def main():
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
     args = ap.parse_args()
 
-    model = E4E(E4EConfig(), dtype=None if args.dtype == "float32" else jnp.bfloat16)
+    dtype = None if args.dtype == "float32" else jnp.bfloat16
     images = jax.random.uniform(jax.random.PRNGKey(1), (args.batch, args.size, args.size, 3), minval=-1, maxval=1)
-    params = jax.jit(model.init)(jax.random.PRNGKey(0), images[:1])["params"]
-    n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
-    encode = jax.jit(model.apply)
+    enc = jax.jit(E4E.random, static_argnums=0)(E4EConfig(), jax.random.PRNGKey(0))
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(enc.params))
+    encode = jax.jit(lambda enc, x: enc(x, dtype=dtype))  # the encoder is an argument, not a constant
 
     t0 = time.perf_counter()
-    encode({"params": params}, images).block_until_ready()
+    encode(enc, images).block_until_ready()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(args.iters):
-        ws = encode({"params": params}, images)
+        ws = encode(enc, images)
     ws.block_until_ready()
     dt = (time.perf_counter() - t0) / args.iters
     print(f"device {jax.devices()[0].device_kind} | params {n_params / 1e6:.1f} M | batch {args.batch} | "

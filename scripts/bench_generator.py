@@ -17,7 +17,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from stylejax.generator import Generator, GeneratorConfig, config_f
+from stylejax.nets.generator import Generator, GeneratorConfig, config_f
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 # dense peak TFLOP/s per device kind, for the MFU column (bf16 tensor cores / fp32 non-tensor)

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from stylejax.lpips import distance, init_params  # noqa: E402
+from stylejax.nets.lpips import distance, init_params  # noqa: E402
 
 
 def main():

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from stylejax import styleflow as sf  # noqa: E402
+from stylejax.nets import styleflow as sf  # noqa: E402
 
 
 def random_params(seed, dim=512, gain=2.5):

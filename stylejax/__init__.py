@@ -1,24 +1,33 @@
 """stylejax: expressive talking-head video encoding in StyleGAN2 latent space (JAX/Flax).
 
+    net = stylejax.load("ckpt/ffhq")     # any converted network: Generator, E4E, ArcFace, LPIPS, StyleFlow
+
 Public entry points are imported lazily so that `import stylejax` stays cheap and a stage
 (e.g. alignment) does not pull in the others.
 """
 import importlib
 
 _EXPORTS = {
-    # generator (issue: foundation)
-    "load_generator": "stylejax.generator",
-    "Generator": "stylejax.generator",
-    "GeneratorConfig": "stylejax.generator",
-    "parse_channel_name": "stylejax.stylespace",
-    "format_channel_name": "stylejax.stylespace",
-    "channel_to_flat_index": "stylejax.stylespace",
-    "flat_index_to_channel": "stylejax.stylespace",
-    # auxiliary networks
-    "load_e4e": "stylejax.e4e",
-    "load_styleflow": "stylejax.styleflow",
-    "load_lpips": "stylejax.lpips",
-    "load_arcface": "stylejax.arcface",
+    "load": "stylejax.nets",
+    "UserError": "stylejax.errors",
+    # networks
+    "Generator": "stylejax.nets.generator",
+    "GeneratorConfig": "stylejax.nets.generator",
+    "E4E": "stylejax.nets.e4e",
+    "ArcFace": "stylejax.nets.arcface",
+    "LPIPS": "stylejax.nets.lpips",
+    "StyleFlow": "stylejax.nets.styleflow",
+    # thin aliases of `load(path, kind)`
+    "load_generator": "stylejax.nets.generator",
+    "load_e4e": "stylejax.nets.e4e",
+    "load_styleflow": "stylejax.nets.styleflow",
+    "load_lpips": "stylejax.nets.lpips",
+    "load_arcface": "stylejax.nets.arcface",
+    # StyleSpace channel names
+    "parse_channel_name": "stylejax.nets.stylespace",
+    "format_channel_name": "stylejax.nets.stylespace",
+    "channel_to_flat_index": "stylejax.nets.stylespace",
+    "flat_index_to_channel": "stylejax.nets.stylespace",
 }
 
 __all__ = sorted(_EXPORTS)

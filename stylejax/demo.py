@@ -32,14 +32,14 @@ def demo_generator(outdir):
     import jax.numpy as jnp
 
     from stylejax.generate import to_uint8
-    from stylejax.generator import Generator, GeneratorConfig, load_generator, save_generator
-    from stylejax.stylespace import channel_to_flat_index, edit_channels
+    from stylejax.nets.generator import Generator, GeneratorConfig, load_generator, save_generator
+    from stylejax.nets.stylespace import channel_to_flat_index, edit_channels
 
     cfg = GeneratorConfig(resolution=128, z_dim=128, w_dim=128,
                           channels=((4, 128), (8, 128), (16, 64), (32, 64), (64, 32), (128, 16)))
     t = time.time()
     ckpt = os.path.join(outdir, "generator_random")
-    save_generator(Generator.random(cfg, jax.random.PRNGKey(0)), ckpt)
+    save_generator(Generator.random(cfg, jax.random.PRNGKey(0)), ckpt, overwrite=True)
     g = load_generator(ckpt)
     z = np.concatenate([np.random.RandomState(s).randn(1, cfg.z_dim) for s in range(4)]).astype(np.float32)
     ws = g.mapping(z, truncation_psi=0.7)

@@ -7,11 +7,13 @@
 gives the same image in both. PNGs are written as seed%04d.png (or ws%04d.png for --ws);
 `--save-npy` also writes the raw float32 images [B, H, W, 3] to OUT/images.npy.
 """
-import argparse
 import os
 import sys
 
 import numpy as np
+from absl import flags
+
+from stylejax import cli
 from stylejax.errors import UserError
 
 
@@ -29,11 +31,16 @@ def parse_seeds(text):
                 lo, hi = int(lo), int(hi)
                 if hi < lo:
                     raise ValueError
+                if hi - lo >= MAX_IMAGES:
+                    raise UsageError(f"--seeds {text!r} asks for {hi - lo + 1} images, more than {MAX_IMAGES} "
+                                     "in one run; split the range")
                 seeds.extend(range(lo, hi + 1))
             else:
                 seeds.append(int(part))
     except ValueError:
         raise UsageError(f"bad --seeds {text!r}; use e.g. '0-3' or '1,5,9'") from None
+        if len(seeds) > MAX_IMAGES:
+            raise UsageError(f"--seeds {text!r} asks for more than {MAX_IMAGES} images; split the range")
     if any(s < 0 or s >= 2 ** 32 for s in seeds):
         raise UsageError("seeds must be in [0, 2**32)")
     return seeds
@@ -44,28 +51,49 @@ def to_uint8(images):
     return np.clip(np.asarray(images) * 127.5 + 128, 0, 255).astype(np.uint8)
 
 
+MAX_IMAGES = 100_000  # one run; more is almost certainly a typo in --seeds
+
+
+def define_flags(fv):
+    flags.DEFINE_string("checkpoint", None, "converted generator directory", flag_values=fv)
+    flags.DEFINE_string("seeds", None, "z seeds, e.g. 0-3 or 1,5,9", flag_values=fv)
+    flags.DEFINE_string("ws", None, ".npy of W+ latents [B, num_ws, w_dim] (or [num_ws, w_dim])", flag_values=fv)
+    flags.DEFINE_float("trunc", 1.0, "truncation psi (seeds only)", flag_values=fv)
+    flags.DEFINE_integer("trunc-cutoff", None, "truncate only the first N ws rows", flag_values=fv)
+    flags.DEFINE_enum("noise-mode", "const", ["const", "random", "none"], "noise maps", flag_values=fv)
+    flags.DEFINE_integer("noise-seed", 0, "PRNG seed for --noise-mode random (image i uses fold_in(key, i))",
+                         flag_values=fv)
+    flags.DEFINE_integer("batch", 8, "images per device call", flag_values=fv)
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype of the convs", flag_values=fv)
+    flags.DEFINE_string("outdir", None, "output directory (created if missing)", flag_values=fv)
+    flags.DEFINE_bool("save-npy", False, "also write raw float32 images to OUTDIR/images.npy", flag_values=fv)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m stylejax.generate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="converted generator directory")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--seeds", help="z seeds, e.g. 0-3 or 1,5,9")
-    src.add_argument("--ws", help=".npy of W+ latents [B, num_ws, w_dim] (or [num_ws, w_dim])")
-    p.add_argument("--trunc", type=float, default=1.0, help="truncation psi (seeds only)")
-    p.add_argument("--trunc-cutoff", type=int, default=None, help="truncate only the first N ws rows")
-    p.add_argument("--noise-mode", default="const", choices=["const", "random", "none"])
-    p.add_argument("--noise-seed", type=int, default=0, help="PRNG seed for --noise-mode random")
-    p.add_argument("--batch", type=int, default=8, help="images per device call")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--outdir", required=True)
-    p.add_argument("--save-npy", action="store_true", help="also write raw float32 images to OUTDIR/images.npy")
-    args = p.parse_args(argv)
+    return cli.run("python -m stylejax.generate", __doc__, define_flags, run, argv)
+
+
+def _read_ws(path, cfg):
+    if not os.path.isfile(path):
+        raise UsageError(f"cannot read --ws {path}: " + ("it is a directory" if os.path.isdir(path) else "no such file"))
     try:
-        run(args)
-    except (UsageError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        ws = np.load(path, allow_pickle=False)
+    except ValueError:
+        raise UsageError(f"cannot read --ws {path}: not a .npy array file (save latents with numpy.save)") from None
+    except OSError as e:
+        raise UsageError(f"cannot read --ws {path}: {e}") from None
+    if not isinstance(ws, np.ndarray):  # an .npz archive
+        raise UsageError(f"cannot read --ws {path}: an .npz archive; pass one array saved with numpy.save")
+    ws = ws.astype(np.float32)
+    if ws.ndim == 2:
+        ws = ws[None]
+    if ws.ndim != 3 or ws.shape[1:] != (cfg.num_ws, cfg.w_dim):
+        raise UsageError(f"--ws has shape {list(ws.shape)}, expected [B, {cfg.num_ws}, {cfg.w_dim}] for this generator")
+    if len(ws) == 0:
+        raise UsageError(f"--ws {path} holds no latents (shape {list(ws.shape)})")
+    if not np.all(np.isfinite(ws)):
+        raise UsageError(f"--ws {path} contains NaN or inf values")
+    return ws
 
 
 def run(args):
@@ -73,46 +101,78 @@ def run(args):
     import jax
     import jax.numpy as jnp
 
-    from stylejax.checkpoint import CheckpointError
-    from stylejax.generator import load_generator
+    from stylejax.io import atomic
+    from stylejax.nets import load
 
-    try:
-        g = load_generator(args.checkpoint)
-    except CheckpointError as e:
-        raise UsageError(str(e)) from None
+    cli.require(args, "checkpoint", "outdir")
+    if (args.seeds is None) == (args.ws is None):
+        raise UsageError("give exactly one of --seeds or --ws")
+    if args.batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {args.batch}")
+    if not np.isfinite(args.trunc):
+        raise UsageError(f"--trunc must be a finite number, got {args.trunc}")
+    outdir = atomic.resolve_output(args.outdir, "--outdir")
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise UsageError(f"--outdir {outdir} is a file; give a directory")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    g = load(args.checkpoint, "stylegan2")
     cfg = g.config
-    if args.seeds is not None:
-        seeds = parse_seeds(args.seeds)
+    if seeds is not None:
         names = [f"seed{s:04d}" for s in seeds]
-        z = np.concatenate([np.random.RandomState(s).randn(1, cfg.z_dim) for s in seeds]).astype(np.float32)
-        ws = np.asarray(g.mapping(z, args.trunc, args.trunc_cutoff))
+        ws = None
     else:
-        try:
-            ws = np.load(args.ws, allow_pickle=False).astype(np.float32)
-        except (OSError, ValueError) as e:
-            raise UsageError(f"cannot read --ws {args.ws}: {e}") from None
-        if ws.ndim == 2:
-            ws = ws[None]
-        if ws.ndim != 3 or ws.shape[1:] != (cfg.num_ws, cfg.w_dim):
-            raise UsageError(f"--ws has shape {list(ws.shape)}, expected [B, {cfg.num_ws}, {cfg.w_dim}] for this generator")
+        ws = _read_ws(args.ws, cfg)
         names = [f"ws{i:04d}" for i in range(len(ws))]
-    os.makedirs(args.outdir, exist_ok=True)
+    dtype = jnp.dtype(args.dtype)
+    noise_mode = args.noise_mode
+
+    # jit at the boundary: the generator is an argument, not a constant baked into the program
+    @jax.jit
+    def render(g, ws, keys):
+        if noise_mode != "random":
+            return g.synthesize(ws, noise_mode, dtype=dtype)
+        # one noise key per image (fold_in of its index): results do not depend on --batch
+        return jax.vmap(lambda w, k: g.synthesize(w[None], "random", rng=k, dtype=dtype)[0])(ws, keys)
+
+    @jax.jit
+    def mapping(g, z):
+        return g.mapping(z, args.trunc, args.trunc_cutoff)
+
+    os.makedirs(outdir, exist_ok=True)
     key = jax.random.PRNGKey(args.noise_seed)
-    images = []
-    for start in range(0, len(ws), args.batch):
-        key, sub = jax.random.split(key)
-        rng = sub if args.noise_mode == "random" else None
-        images.append(np.asarray(g.synthesize(jnp.asarray(ws[start:start + args.batch]), args.noise_mode,
-                                              rng=rng, dtype=jnp.dtype(args.dtype))))
-    images = np.concatenate(images)
-    for name, img in zip(names, to_uint8(images)):
-        iio.imwrite(os.path.join(args.outdir, f"{name}.png"), img)
-    if args.save_npy:
-        tmp = os.path.join(args.outdir, "images.npy.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, images.astype(np.float32))
-        os.replace(tmp, os.path.join(args.outdir, "images.npy"))
-    print(f"wrote {len(images)} images ({cfg.resolution}x{cfg.resolution}) to {args.outdir}")
+    npy = None
+    bar = cli.progress(total=len(names), desc="generate", unit="img")
+    try:
+        for start in range(0, len(names), args.batch):
+            if ws is None:
+                z = np.concatenate([np.random.RandomState(s).randn(1, cfg.z_dim)
+                                    for s in seeds[start:start + args.batch]]).astype(np.float32)
+                batch_ws = mapping(g, jnp.asarray(z))
+            else:
+                batch_ws = jnp.asarray(ws[start:start + args.batch])
+            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(start, start + len(batch_ws)))
+            images = np.asarray(render(g, batch_ws, keys))
+            for name, img in zip(names[start:], to_uint8(images)):
+                iio.imwrite(os.path.join(outdir, f"{name}.png"), img)
+            if args.save_npy:
+                if npy is None:
+                    npy_tmp = os.path.join(outdir, f".images.npy.partial-{os.getpid()}")
+                    npy = np.lib.format.open_memmap(npy_tmp, mode="w+", dtype=np.float32,
+                                                    shape=(len(names),) + images.shape[1:])
+                npy[start:start + len(images)] = images
+            bar.update(len(images))
+        if npy is not None:
+            npy.flush()
+            del npy
+            npy = None
+            os.replace(npy_tmp, os.path.join(outdir, "images.npy"))
+    finally:
+        bar.close()
+        if npy is not None:
+            del npy
+            os.remove(npy_tmp)
+    return {"message": f"wrote {len(names)} images ({cfg.resolution}x{cfg.resolution}) to {outdir}",
+            "images": len(names), "resolution": cfg.resolution, "outdir": outdir}
 
 
 if __name__ == "__main__":

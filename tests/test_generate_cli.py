@@ -9,7 +9,7 @@ import pytest
 
 from conftest import DATA, REPO
 from convert.stylegan2 import from_rosinality
-from stylejax.generator import Generator, load_generator, save_generator
+from stylejax.nets.generator import Generator, load_generator, save_generator
 
 
 @pytest.fixture(scope="module")

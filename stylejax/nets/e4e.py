@@ -6,17 +6,19 @@ down to 1×1, then an equalised linear layer). Row 0 gives w0, broadcast to all 
 its own delta (from c3 for i < 3, p2 for i < 7, p1 otherwise); finally `latent_avg` [18,512] is added
 (pSp's `start_from_latent_avg`).
 
-    model, params = load_e4e("ckpt/e4e")            # from `python -m convert e4e`
-    ws = jax.jit(model.apply)({"params": params}, images)
+    enc = stylejax.load("ckpt/e4e")                 # from `python -m convert e4e`: an `E4E`
+    ws = jax.jit(lambda enc, x: enc(x))(enc, images)
 """
 from dataclasses import dataclass, field
 from typing import Any, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
+import jax
 import numpy as np
 
-from stylejax.irse import HIGHEST, IRSEBody, IRSEConfig, conv
+from stylejax.nets.base import Network
+from stylejax.nets.irse import HIGHEST, IRSEBody, IRSEConfig, conv
 
 
 @dataclass(frozen=True)
@@ -40,17 +42,6 @@ class E4EConfig:
 
     def convs_for_row(self, i):
         return self.style_convs[0 if i < self.coarse_ind else 1 if i < self.middle_ind else 2]
-
-    def to_dict(self):
-        return {"body": self.body.to_dict(), "n_styles": self.n_styles, "coarse_ind": self.coarse_ind,
-                "middle_ind": self.middle_ind, "style_convs": list(self.style_convs),
-                "start_from_latent_avg": self.start_from_latent_avg}
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(body=IRSEConfig.from_dict(d["body"]), n_styles=d["n_styles"], coarse_ind=d["coarse_ind"],
-                   middle_ind=d["middle_ind"], style_convs=tuple(d["style_convs"]),
-                   start_from_latent_avg=d.get("start_from_latent_avg", True))
 
 
 def small_config():
@@ -93,7 +84,7 @@ class Map2Style(nn.Module):
         return nn.Dense(self.width, precision=HIGHEST, dtype=self.dtype, name="linear")(x[:, 0, 0, :])
 
 
-class E4E(nn.Module):
+class E4ENet(nn.Module):
     config: E4EConfig = field(default_factory=E4EConfig)
     dtype: Any = None  # e.g. jnp.bfloat16 for compute; params stay fp32
 
@@ -121,11 +112,29 @@ class E4E(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# loading
+# the network object
 
-def load_e4e(path, dtype=None):
-    """(E4E module, params) from a directory written by `python -m convert e4e`."""
-    from stylejax import checkpoint
+@jax.tree_util.register_pytree_node_class
+class E4E(Network):
+    """The e4e encoder: `enc(images [B,256,256,3] in [-1,1], dtype=None)` -> W+ [B, n_styles, width] (fp32)."""
 
-    config, params = checkpoint.load(path, "e4e")
-    return E4E(E4EConfig.from_dict(config), dtype=dtype), params
+    kind = "e4e"
+    config_class = E4EConfig
+
+    @classmethod
+    def init(cls, config, key):
+        return {"params": E4ENet(config).init(key, jnp.zeros((1, 256, 256, 3), jnp.float32))["params"]}
+
+    def __call__(self, images, dtype=None):
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"e4e expects images [B, H, W, 3], got shape {tuple(images.shape)}")
+        return E4ENet(self.config, dtype=dtype).apply({"params": self.params}, images)
+
+    encode = __call__
+
+
+def load_e4e(path):
+    """`E4E` from a directory written by `python -m convert e4e` (= `stylejax.load(path, "e4e")`)."""
+    from stylejax.nets import load
+
+    return load(path, "e4e")

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stylejax.nets.base import Network
+
 SQRT2 = math.sqrt(2.0)
 _FIR = np.array([1.0, 3.0, 3.0, 1.0])
 # [1,3,3,1] (x) [1,3,3,1], normalised; x4 gain for 2x upsampling (zero insertion keeps 1 in 4 samples).
@@ -82,17 +84,6 @@ class GeneratorConfig:
             layers.append((f"b{res}.torgb", row + 2, self.ch(res), True))
             row += 2
         return layers
-
-    def to_dict(self):
-        d = dataclasses.asdict(self)
-        d["channels"] = {str(r): c for r, c in self.channels}
-        return d
-
-    @classmethod
-    def from_dict(cls, d):
-        d = dict(d)
-        d["channels"] = tuple((int(r), int(c)) for r, c in d["channels"].items())
-        return cls(**d)
 
 
 def config_f(resolution=1024):
@@ -325,65 +316,36 @@ def _vars(params, buffers):
     return {"params": params, "buffers": buffers}
 
 
-def _mapping(config, params, buffers, z, truncation_psi, truncation_cutoff):
-    return StyleGAN2(config).apply(_vars(params, buffers), z, truncation_psi, truncation_cutoff,
-                                   method=StyleGAN2.map)
-
-
-def _styles(config, params, buffers, ws):
-    return StyleGAN2(config).apply(_vars(params, buffers), ws, method=StyleGAN2.styles)
-
-
-def _render(config, params, buffers, styles, noise_mode, noise_rng, dtype):
-    return StyleGAN2(config).apply(_vars(params, buffers), list(styles), noise_mode, noise_rng,
-                                   dtype, method=StyleGAN2.render)
-
-
-def _synthesize(config, params, buffers, ws, noise_mode, noise_rng, dtype):
-    return _render(config, params, buffers, _styles(config, params, buffers, ws), noise_mode,
-                   noise_rng, dtype)
-
-
-_mapping_jit = jax.jit(_mapping, static_argnums=(0, 5))
-_styles_jit = jax.jit(_styles, static_argnums=(0,))
-_render_jit = jax.jit(_render, static_argnums=(0, 4, 6))
-_synthesize_jit = jax.jit(_synthesize, static_argnums=(0, 4, 6))
-
-
 @jax.tree_util.register_pytree_node_class
-class Generator:
-    """A StyleGAN2 generator: config (static) + params + buffers (pytree leaves)."""
+class Generator(Network):
+    """A StyleGAN2 generator: config (static) + params + buffers (noise maps, w_avg) as pytree leaves.
 
-    def __init__(self, config: GeneratorConfig, params, buffers):
-        self.config = config
-        self.params = params
-        self.buffers = buffers
+    Methods are pure and un-jitted; jit at the call site with the generator as an argument:
+    `jax.jit(lambda g, ws: g.synthesize(ws))(g, ws)`.
+    """
 
-    def tree_flatten(self):
-        return (self.params, self.buffers), self.config
-
-    @classmethod
-    def tree_unflatten(cls, config, children):
-        return cls(config, *children)
+    kind = "stylegan2"
+    config_class = GeneratorConfig
 
     @classmethod
-    def random(cls, config, key):
-        v = init_variables(config, key)
-        return cls(config, v["params"], v["buffers"])
+    def init(cls, config, key):
+        return init_variables(config, key)
 
     @property
     def num_ws(self):
         return self.config.num_ws
 
+    def _apply(self, *args, method):
+        return StyleGAN2(self.config).apply(_vars(self.params, self.buffers), *args, method=method)
+
     def mapping(self, z, truncation_psi=1.0, truncation_cutoff=None):
         """z [B, z_dim] -> ws [B, num_ws, w_dim]; truncation towards w_avg on rows < cutoff."""
-        return _mapping_jit(self.config, self.params, self.buffers, jnp.asarray(z, jnp.float32),
-                            truncation_psi, truncation_cutoff)
+        return self._apply(jnp.asarray(z, jnp.float32), truncation_psi, truncation_cutoff, method=StyleGAN2.map)
 
     def styles_from_ws(self, ws):
         """ws [B, num_ws, w_dim] -> StyleSpace: list of [B, C_l], one per modulated conv and ToRGB."""
         self._check_ws(ws)
-        return _styles_jit(self.config, self.params, self.buffers, jnp.asarray(ws, jnp.float32))
+        return self._apply(jnp.asarray(ws, jnp.float32), method=StyleGAN2.styles)
 
     def synthesize_from_styles(self, styles, noise_mode="const", rng=None, dtype=jnp.float32):
         """StyleSpace -> images [B, H, W, 3] float32, about [-1, 1]."""
@@ -391,16 +353,12 @@ class Generator:
         got = [s.shape[-1] for s in styles]
         if got != expected:
             raise ValueError(f"styles have channels {got}, expected {expected}")
-        img = _render_jit(self.config, self.params, self.buffers, tuple(styles), noise_mode, rng,
-                          jnp.dtype(dtype))
+        img = self._apply(list(styles), noise_mode, rng, jnp.dtype(dtype), method=StyleGAN2.render)
         return img.astype(jnp.float32)
 
     def synthesize(self, ws, noise_mode="const", rng=None, dtype=jnp.float32):
         """W+ latents [B, num_ws, w_dim] -> images [B, H, W, 3] float32, about [-1, 1]."""
-        self._check_ws(ws)
-        img = _synthesize_jit(self.config, self.params, self.buffers, jnp.asarray(ws, jnp.float32),
-                              noise_mode, rng, jnp.dtype(dtype))
-        return img.astype(jnp.float32)
+        return self.synthesize_from_styles(self.styles_from_ws(ws), noise_mode, rng, dtype)
 
     def _check_ws(self, ws):
         shape = (self.config.num_ws, self.config.w_dim)
@@ -409,18 +367,13 @@ class Generator:
 
 
 def load_generator(path):
-    """Loads a converted generator (`python -m convert stylegan2 --src FILE --out DIR`)."""
-    from stylejax import checkpoint
+    """Loads a converted generator (`python -m convert stylegan2 --src FILE --out DIR`); = `stylejax.load`."""
+    from stylejax.nets import load
 
-    config_dict, tree = checkpoint.load(path, "stylegan2")
-    config = GeneratorConfig.from_dict(config_dict)
-    to_jnp = lambda t: jax.tree_util.tree_map(jnp.asarray, t)
-    return Generator(config, to_jnp(tree["params"]), to_jnp(tree["buffers"]))
+    return load(path, "stylegan2")
 
 
-def save_generator(generator, out_dir):
-    from stylejax import checkpoint
+def save_generator(generator, out_dir, overwrite=False):
+    from stylejax.io import checkpoint
 
-    tree = {"params": generator.params, "buffers": generator.buffers}
-    checkpoint.save(out_dir, "stylegan2", generator.config.to_dict(),
-                    jax.tree_util.tree_map(np.asarray, tree))
+    checkpoint.save_network(jax.tree_util.tree_map(np.asarray, generator), out_dir, overwrite=overwrite)

@@ -11,13 +11,14 @@ Parameters keep torchvision's layer indices (`features_{i}` = torch `features.{i
 run a narrowed trunk with the same layer structure.
 """
 import dataclasses
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
+
+from stylejax.nets.base import Network
 
 KIND = "lpips"
 
@@ -62,13 +63,6 @@ class LPIPSConfig:
         if len(widths) != 5:
             raise ValueError(f"widths must have 5 entries (one per tap), got {widths}")
         object.__setattr__(self, "widths", widths)
-
-    def to_dict(self):
-        return {"net": self.net, "widths": list(self.widths)}
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(net=d["net"], widths=tuple(d["widths"]))
 
 
 def _unit_normalise(f):
@@ -134,7 +128,6 @@ def config_from_params(params):
     raise ValueError(f"parameters hold trunk convs {convs}, which match neither vgg16 nor alexnet")
 
 
-@functools.partial(jax.jit, static_argnames=("dtype",))
 def distance(params, x0, x1, dtype=None):
     """Pure LPIPS distance [B]; the architecture is read from the parameter shapes."""
     cfg = config_from_params(params)
@@ -167,28 +160,34 @@ def init_params(key, net="vgg", widths=None):
     return jax.tree_util.tree_map(jnp.asarray, params)
 
 
-class LPIPS:
-    """Converted LPIPS with its weights bound: `LPIPS(config, params)(x0, x1)` → distances [B]."""
+@jax.tree_util.register_pytree_node_class
+class LPIPS(Network):
+    """LPIPS with its weights: `lpips(x0, x1, dtype=None)` -> distances [B]; `lpips.loss(x0, x1)` -> mean."""
 
-    def __init__(self, config, params, dtype=None):
-        self.config = config if isinstance(config, LPIPSConfig) else LPIPSConfig.from_dict(config)
-        self.params = jax.tree_util.tree_map(jnp.asarray, params)
-        self.dtype = dtype
-        found = config_from_params(self.params)
-        if found != self.config:
-            raise ValueError(f"parameters are for {found}, config says {self.config}")
+    kind = KIND
+    config_class = LPIPSConfig
 
-    def __call__(self, x0, x1):
-        return distance(self.params, x0, x1, dtype=self.dtype)
+    @classmethod
+    def init(cls, config, key):
+        x = jnp.zeros((1, 64, 64, 3), jnp.float32)
+        return {"params": LPIPSNet(config.net, config.widths).init(key, x, x)["params"]}
 
-    def loss(self, x0, x1):
+    @classmethod
+    def random(cls, config, key=None):
+        """Random weights with non-negative heads, like the real ones (see `init_params`)."""
+        key = jax.random.PRNGKey(0) if key is None else key
+        return cls(config, init_params(key, config.net, config.widths))
+
+    def __call__(self, x0, x1, dtype=None):
+        return LPIPSNet(self.config.net, self.config.widths, dtype).apply({"params": self.params}, x0, x1)
+
+    def loss(self, x0, x1, dtype=None):
         """Mean distance over the batch (a scalar perceptual loss)."""
-        return jnp.mean(self(x0, x1))
+        return jnp.mean(self(x0, x1, dtype))
 
 
-def load_lpips(path, dtype=None):
-    """Loads a checkpoint written by `python -m convert lpips` → `LPIPS` callable."""
-    from stylejax import checkpoint
+def load_lpips(path):
+    """`LPIPS` from a checkpoint written by `python -m convert lpips` (= `stylejax.load(path, "lpips")`)."""
+    from stylejax.nets import load
 
-    config, params = checkpoint.load(path, KIND)
-    return LPIPS(LPIPSConfig.from_dict(config), params, dtype=dtype)
+    return load(path, KIND)

@@ -1,6 +1,5 @@
 """e4e encoder: parity with the reference Encoder4Editing (random weights, reduced widths, real
 24-unit/18-row structure, 96² input so every size is odd somewhere), converter CLI, bad input."""
-import argparse
 import os
 import subprocess
 import sys
@@ -9,10 +8,11 @@ import jax
 import numpy as np
 import pytest
 
+from convert.__main__ import parse_args
 from conftest import DATA, REPO
 from convert import ConversionError
 from convert import e4e as convert_e4e
-from stylejax import e4e
+from stylejax.nets import e4e
 
 GOLDEN = os.path.join(DATA, "e4e_small.npz")
 OPTS = {"encoder_type": "Encoder4Editing", "stylegan_size": 1024, "start_from_latent_avg": True}
@@ -27,13 +27,12 @@ def golden():
 
 @pytest.fixture(scope="module")
 def apply_small():
-    return jax.jit(e4e.E4E(e4e.small_config()).apply)  # one compile shared by the tests below
+    cfg = e4e.small_config()  # one compile shared by the tests below
+    return jax.jit(lambda v, x: e4e.E4E(cfg, v["params"])(x))
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser()
-    convert_e4e.add_arguments(parser)
-    convert_e4e.run(parser.parse_args(argv))
+    convert_e4e.run(parse_args("e4e", argv))
 
 
 def _save(path, obj):
@@ -78,7 +77,8 @@ def test_convert_cli_end_to_end(tmp_path, golden, apply_small):
     sd, latent_avg, images, ws_ref = golden
     src = _save(tmp_path / "e4e.pt", {"state_dict": sd, "latent_avg": latent_avg, "opts": OPTS})
     _cli(["--src", src, "--out", str(tmp_path / "out")])
-    model, params = e4e.load_e4e(tmp_path / "out")
+    model = e4e.load_e4e(tmp_path / "out")
+    params = model.params
     assert model.config == e4e.small_config()
     ws = np.asarray(apply_small({"params": params}, images))
     assert np.abs(ws - ws_ref).max() <= 1e-4

@@ -1,8 +1,8 @@
 """ArcFace IR-SE50 (TreB1eN `model_ir_se50.pth`) as used for pSp/e4e's identity loss.
 
-    model, params = load_arcface("ckpt/arcface")     # from `python -m convert arcface`
-    emb = embed(model, params, images)               # [B,256,256,3] (or 1024²) in [-1,1] -> [B,512], unit norm
-    loss = id_loss(model, params, y_hat, y)          # mean over batch of 1 - cos; y's embedding is detached
+    net = stylejax.load("ckpt/arcface")              # from `python -m convert arcface`: an `ArcFace`
+    emb = net.embed(images)                          # [B,256,256,3] (or 1024²) in [-1,1] -> [B,512], unit norm
+    loss = net.id_loss(y_hat, y)                     # mean over batch of 1 - cos; y's embedding is detached
 
 Preprocessing follows e4e's `IDLoss.extract_feats`: a 1024² image is first average-pooled to 256²
 (pSp's `face_pool`), then rows 35:223 and columns 32:220 are cropped (188²) and adaptive-average-pooled
@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stylejax.irse import HIGHEST, BatchNormInference, IRSEBody, IRSEConfig
+from stylejax.nets.base import Network
+from stylejax.nets.irse import HIGHEST, BatchNormInference, IRSEBody, IRSEConfig
 
 CROP_ROWS = (35, 223)
 CROP_COLS = (32, 220)
@@ -28,13 +29,6 @@ class ArcFaceConfig:
     body: IRSEConfig = field(default_factory=IRSEConfig)
     embed_dim: int = 512
     input_size: int = 112  # the body downsamples 16×: 112 -> 7
-
-    def to_dict(self):
-        return {"body": self.body.to_dict(), "embed_dim": self.embed_dim, "input_size": self.input_size}
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(body=IRSEConfig.from_dict(d["body"]), embed_dim=d["embed_dim"], input_size=d.get("input_size", 112))
 
 
 def small_config():
@@ -71,7 +65,7 @@ def preprocess(images, input_size=112):
     return adaptive_avg_pool(crop, (input_size, input_size))
 
 
-class ArcFace(nn.Module):
+class ArcFaceNet(nn.Module):
     config: ArcFaceConfig = field(default_factory=ArcFaceConfig)
     dtype: Any = None
 
@@ -89,28 +83,35 @@ class ArcFace(nn.Module):
         return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def embed(model, params, images, preprocessed=False):
-    return model.apply({"params": params}, images, preprocessed=preprocessed)
+@jax.tree_util.register_pytree_node_class
+class ArcFace(Network):
+    """ArcFace IR-SE50: `net.embed(images)` -> unit embeddings; `net.id_loss(images, targets)`."""
+
+    kind = "arcface"
+    config_class = ArcFaceConfig
+
+    @classmethod
+    def init(cls, config, key):
+        x = jnp.zeros((1, config.input_size, config.input_size, 3), jnp.float32)
+        return {"params": ArcFaceNet(config).init(key, x, preprocessed=True)["params"]}
+
+    def embed(self, images, preprocessed=False, dtype=None):
+        """[B,256,256,3] (or 1024²) in [-1,1], or the [B,112,112,3] crop with preprocessed=True -> [B, D]."""
+        return ArcFaceNet(self.config, dtype=dtype).apply({"params": self.params}, images, preprocessed=preprocessed)
+
+    def id_loss_per_sample(self, images, targets, dtype=None):
+        """[B] 1 - cos(e(images), e(targets)); the target embedding is a constant (as e4e detaches it)."""
+        e = self.embed(images, dtype=dtype)
+        t = jax.lax.stop_gradient(self.embed(targets, dtype=dtype))
+        return 1.0 - jnp.sum(e * t, axis=-1)
+
+    def id_loss(self, images, targets, dtype=None):
+        """e4e's ID loss: mean over the batch of 1 - cos(e(images), e(targets))."""
+        return jnp.mean(self.id_loss_per_sample(images, targets, dtype))
 
 
-def id_loss_per_sample(model, params, images, targets):
-    """[B] 1 - cos(e(images), e(targets)); the target embedding is a constant (as e4e detaches it)."""
-    e = embed(model, params, images)
-    t = jax.lax.stop_gradient(embed(model, params, targets))
-    return 1.0 - jnp.sum(e * t, axis=-1)
+def load_arcface(path):
+    """`ArcFace` from a directory written by `python -m convert arcface` (= `stylejax.load(path, "arcface")`)."""
+    from stylejax.nets import load
 
-
-def id_loss(model, params, images, targets):
-    """e4e's ID loss: mean over the batch of 1 - cos(e(images), e(targets))."""
-    return jnp.mean(id_loss_per_sample(model, params, images, targets))
-
-
-# ----------------------------------------------------------------------------------------------
-# loading
-
-def load_arcface(path, dtype=None):
-    """(ArcFace module, params) from a directory written by `python -m convert arcface`."""
-    from stylejax import checkpoint
-
-    config, params = checkpoint.load(path, "arcface")
-    return ArcFace(ArcFaceConfig.from_dict(config), dtype=dtype), params
+    return load(path, "arcface")

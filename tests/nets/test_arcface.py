@@ -1,6 +1,5 @@
 """ArcFace IR-SE: parity with the reference Backbone + e4e's preprocessing (random weights, reduced
 widths, real 24-unit structure), adaptive pooling window rule, ID loss, converter CLI, bad input."""
-import argparse
 import os
 
 import jax
@@ -8,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from convert.__main__ import parse_args
 from conftest import DATA
 from convert import ConversionError
 from convert import arcface as convert_arcface
-from stylejax import arcface
+from stylejax.nets import arcface
 
 GOLDEN = os.path.join(DATA, "arcface.npz")
 
@@ -26,13 +26,14 @@ def golden():
 @pytest.fixture(scope="module")
 def model_params(golden):
     cfg = arcface.small_config()
-    return arcface.ArcFace(cfg), convert_arcface.params_from_state_dict(golden[0], cfg)
+    params = convert_arcface.params_from_state_dict(golden[0], cfg)
+    return arcface.ArcFace(cfg, params), params
 
 
 @pytest.fixture(scope="module")
 def embed_jit(model_params):
     model, _ = model_params
-    return jax.jit(lambda p, x: arcface.embed(model, p, x))
+    return jax.jit(lambda p, x: arcface.ArcFace(model.config, p).embed(x))
 
 
 def test_parity_with_reference(golden, model_params, embed_jit):
@@ -73,23 +74,21 @@ def test_adaptive_pool_matches_torch():
 def test_id_loss(golden, model_params):
     _, images, emb_ref = golden
     model, params = model_params
-    loss_fn = jax.jit(lambda p, a, b: arcface.id_loss(model, p, a, b))
+    loss_fn = jax.jit(lambda p, a, b: arcface.ArcFace(model.config, p).id_loss(a, b))
     assert abs(float(loss_fn(params, images, images))) < 1e-6
-    per_sample = np.asarray(jax.jit(lambda p, a, b: arcface.id_loss_per_sample(model, p, a, b))(
+    per_sample = np.asarray(jax.jit(lambda p, a, b: arcface.ArcFace(model.config, p).id_loss_per_sample(a, b))(
         params, images, images[::-1]))
     want = 1 - np.sum(emb_ref * emb_ref[::-1], axis=1)
     assert per_sample.shape == (2,) and np.abs(per_sample - want).max() < 1e-4
     assert want[0] > 1e-3  # the two images differ, so this is a real check
     # gradient flows into the first argument only (e4e detaches the target embedding)
-    ga, gb = jax.jit(jax.grad(lambda a, b: arcface.id_loss(model, params, a, b), argnums=(0, 1)))(
+    ga, gb = jax.jit(jax.grad(lambda a, b: model.id_loss(a, b), argnums=(0, 1)))(
         jnp.asarray(images[:1]), jnp.asarray(images[1:]))
     assert np.all(np.isfinite(ga)) and np.abs(ga).max() > 0 and np.abs(gb).max() == 0
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser()
-    convert_arcface.add_arguments(parser)
-    convert_arcface.run(parser.parse_args(argv))
+    convert_arcface.run(parse_args("arcface", argv))
 
 
 def test_convert_cli_end_to_end(tmp_path, golden, embed_jit):
@@ -100,7 +99,8 @@ def test_convert_cli_end_to_end(tmp_path, golden, embed_jit):
     tsd["output_layer.4.num_batches_tracked"] = torch.tensor(0)
     torch.save(tsd, tmp_path / "ir_se.pth")
     _cli(["--src", str(tmp_path / "ir_se.pth"), "--out", str(tmp_path / "out")])
-    model, params = arcface.load_arcface(tmp_path / "out")
+    model = arcface.load_arcface(tmp_path / "out")
+    params = model.params
     assert model.config == arcface.small_config()
     assert np.abs(np.asarray(embed_jit(params, images)) - emb_ref).max() <= 1e-4
 

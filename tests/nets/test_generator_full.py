@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from stylejax.generator import Generator, config_f, load_generator
+from stylejax.nets.generator import Generator, config_f, load_generator
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import DATA
 from convert.stylegan2 import count_params, from_rosinality
-from stylejax.generator import Generator, GeneratorConfig, config_f, init_variables
-from stylejax.stylespace import (channel_to_flat_index, edit_channels, flat_index_to_channel,
+from stylejax.nets.generator import Generator, GeneratorConfig, config_f, init_variables
+from stylejax.nets.stylespace import (channel_to_flat_index, edit_channels, flat_index_to_channel,
                                  flatten_styles, format_channel_name, parse_channel_name)
 
 FP32_TOL = 1e-4

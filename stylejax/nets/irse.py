@@ -54,15 +54,6 @@ class IRSEConfig:
             ends.append(total - 1)
         return tuple(ends)
 
-    def to_dict(self):
-        return {"stem_width": self.stem_width, "widths": list(self.widths),
-                "units_per_stage": list(self.units_per_stage), "se_reduction": self.se_reduction}
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(stem_width=d["stem_width"], widths=tuple(d["widths"]),
-                   units_per_stage=tuple(d["units_per_stage"]), se_reduction=d.get("se_reduction", 16))
-
 
 class BatchNormInference(nn.Module):
     """PyTorch BatchNorm in eval mode over the last axis: (x - mean)/sqrt(var + eps)·scale + bias."""

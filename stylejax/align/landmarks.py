@@ -16,6 +16,8 @@ import sys
 from typing import Callable
 
 import numpy as np
+from stylejax.align.geometry import crop_frame
+from stylejax.align.warp import _prefilter
 from stylejax.errors import UserError
 
 # dlib's HOG detector finds faces from about 80 px wide; tracking windows are rescaled to put the face here.
@@ -114,8 +116,6 @@ def refine_landmarks(frame: np.ndarray, landmarks: np.ndarray, iterations: int =
 
     `frame` may be RGB or grayscale (the predictor works on intensity; gray is 3× cheaper to warp)."""
     import cv2
-
-    from stylejax.align import _prefilter, crop_frame
 
     side = int(2 * REFINE_BOX[1] * REFINE_AXIS_PX)
     for _ in range(iterations):

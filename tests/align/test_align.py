@@ -14,7 +14,7 @@ pytest.importorskip("dlib")
 pytest.importorskip("cv2")
 
 from stylejax import align as al  # noqa: E402
-from stylejax.video import VideoError, compose_side_by_side, iter_frames, probe, write_video  # noqa: E402
+from stylejax.io.video import VideoError, compose_side_by_side, iter_frames, probe, write_video  # noqa: E402
 
 N_FRAMES = 24
 ALIGNED = "4491301_aligned.mp4"

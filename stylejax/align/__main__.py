@@ -1,0 +1,5 @@
+import sys
+
+from stylejax.align.stage import main
+
+sys.exit(main())

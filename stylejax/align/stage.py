@@ -1,0 +1,334 @@
+"""Stage 1: FFHQ face alignment of a video, temporal stabilisation, roll, paste-back.
+
+    python -m stylejax.align --video IN --out DIR [--size 1024] [--center-sigma 1 --axes-sigma 3]
+                             [--keep-roll] [--preview] [--max-gap 15]
+    python -m stylejax.align paste --video ORIG --aligned DIR_OR_FRAMES --transforms DIR/transforms.npz --out OUT.mp4
+
+Conventions (all coordinates are original-frame pixels with pixel centres at integers, x right, y down):
+* crop frame: centre `c`, horizontal half-axis `x`, vertical half-axis `y = (-x_y, x_x)` (x turned 90° so it
+  points down the face). `quad = [c-x-y, c-x+y, c+x+y, c+x-y]` = top-left, bottom-left, bottom-right,
+  top-right corners of the crop, as in the FFHQ script. Corner k sits at the outer edge of the crop's corner
+  pixel (the FFHQ script's `quad + 0.5` passed to PIL), so the crop pixel (col j, row i) samples the frame
+  at `TL + (TR-TL)·(j+0.5)/S + (BL-TL)·(i+0.5)/S`.
+* `roll_deg = degrees(atan2(x_y, x_x))`: the angle of the eye line against the image horizontal. Positive
+  = clockwise on screen (the line falls towards the image's right side: the head leans towards the
+  viewer's right). Level eyes give 0.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+import numpy as np
+from absl import flags
+
+from stylejax import cli
+from stylejax.align.geometry import (AlignError, crop_frame, eye_distance, fill_gaps, level_axis,
+                                     quad_from_frame, smooth, transforms_from_landmarks)
+from stylejax.align.landmarks import log_stderr
+from stylejax.align.warp import _INTERP, face_mask, paste_back, render_crop
+from stylejax.io import atomic
+from stylejax.io.transforms import FILE, load_transforms, save_transforms
+from stylejax.io.video import VideoWriter, iter_frames, load_frames, probe
+
+
+def _landmark_stream(video: str, info, max_frames: int | None, max_gap: int, min_eye_dist: float,
+                     detect_long_side: int, refine: int, log: Callable[[str], None]):
+    """Yield (t, frame, landmarks [68,2] or None) for each frame, failing fast (AlignError) as soon as the
+    face has been missing for more than `max_gap` frames or is too small to align."""
+    from stylejax.align.landmarks import FaceTracker
+
+    tracker = FaceTracker(detect_long_side=detect_long_side, refine=refine, log=log)
+    frames = iter_frames(video, info)
+    last_valid, seen_face = -1, False
+    try:
+        for t, frame in enumerate(frames):
+            if max_frames is not None and t >= max_frames:
+                break
+            lm = tracker(frame)
+            if lm is not None:
+                eyes = float(eye_distance(lm))
+                if eyes < min_eye_dist:
+                    raise AlignError(f"face too small to align in {video}: eye-to-eye distance {eyes:.1f} px "
+                                     f"in frame {t} (need >= {min_eye_dist:g} px; use a higher-resolution video)")
+                last_valid, seen_face = t, True
+            elif t - last_valid > max_gap:
+                if not seen_face:
+                    raise AlignError(f"no face found in {video}: none in its first {t + 1} frames "
+                                     f"(more than --max-gap {max_gap})")
+                raise AlignError(f"face lost in {video} for more than --max-gap {max_gap} frames "
+                                 f"(missing from frame {last_valid + 1})")
+            yield t, frame, lm
+    finally:
+        frames.close()
+    if not seen_face:
+        raise AlignError(f"no face found in {video}")
+
+
+def track_landmarks(video: str, max_frames: int | None = None, max_gap: int = 15, min_eye_dist: float = 32.0,
+                    detect_long_side: int = 480, refine: int = 1, log: Callable[[str], None] = log_stderr):
+    """Landmarks [T,68,2] (gaps interpolated), valid [T], and the video's `VideoInfo` (no rendering)."""
+    info = probe(video)
+    landmarks, valid = [], []
+    for _, _, lm in _landmark_stream(video, info, max_frames, max_gap, min_eye_dist, detect_long_side, refine, log):
+        landmarks.append(lm if lm is not None else np.zeros((68, 2)))
+        valid.append(lm is not None)
+    landmarks, valid = np.stack(landmarks), np.asarray(valid)
+    return fill_gaps(landmarks, valid), valid, info
+
+
+def _draw_preview(frame: np.ndarray, landmarks: np.ndarray, quad: np.ndarray, valid: bool,
+                  level_quad: np.ndarray | None) -> np.ndarray:
+    import cv2
+
+    img = np.ascontiguousarray(frame.copy())
+    thick = max(1, int(round(max(frame.shape[:2]) / 500)))
+    colour = (0, 255, 0) if valid else (255, 160, 0)  # orange: interpolated frame
+    if level_quad is not None:
+        cv2.polylines(img, [np.rint(level_quad).astype(np.int32)], True, (120, 120, 255), thick, cv2.LINE_AA)
+    cv2.polylines(img, [np.rint(quad).astype(np.int32)], True, colour, thick, cv2.LINE_AA)
+    cv2.line(img, tuple(np.rint(quad[0]).astype(int)), tuple(np.rint(quad[3]).astype(int)), (255, 0, 0),
+             thick + 1, cv2.LINE_AA)  # top edge in red: shows the crop's orientation
+    for p in landmarks:
+        cv2.circle(img, tuple(np.rint(p).astype(int)), thick + 1, colour, -1, cv2.LINE_AA)
+    return img
+
+
+def align_video(video: str, out_dir: str, size: int = 1024, center_sigma: float = 1.0, axes_sigma: float = 3.0,
+                keep_roll: bool = False, preview: bool = False, max_gap: int = 15, min_eye_dist: float = 32.0,
+                max_frames: int | None = None, resample: str = "cubic", overwrite: bool = False,
+                detect_long_side: int = 480, refine: int = 1, log: Callable[[str], None] = log_stderr) -> dict:
+    """Align every frame of `video` into `out_dir` (frames.npy, transforms.npz, preview.mp4 if asked).
+
+    One decoding pass: frame t is rendered as soon as the (smoothed) transform of t is final, i.e. once a
+    face has been seen at or after t + 4·max(σ) (the Gaussian's reach); the crops of frames waiting for that
+    are the only frames held in memory. Rendering runs on a worker thread (OpenCV releases the GIL) while
+    dlib tracks the next frames. Everything is written to a temporary sibling directory that is renamed to
+    `out_dir` at the end, so a failure never leaves a complete-looking output. Returns the transforms dict
+    (also with `timing_s`).
+    """
+    video = os.path.abspath(video)
+    if size < 16 or size % 2:
+        raise AlignError(f"--size must be an even number >= 16, got {size}")
+    if resample not in _INTERP:
+        raise AlignError(f"unknown resampler {resample!r}; use one of {sorted(_INTERP)}")
+    for name, sg in (("--center-sigma", center_sigma), ("--axes-sigma", axes_sigma)):
+        if not np.isfinite(sg) or sg < 0:
+            raise AlignError(f"{name} must be a finite number >= 0 (frames), got {sg}")
+    if max_gap < 0 or min_eye_dist < 0 or (max_frames is not None and max_frames < 1):
+        raise AlignError("--max-gap and --min-eye-dist must be >= 0 and --max-frames >= 1")
+    info = probe(video)
+    with atomic.output_dir(out_dir, overwrite=overwrite, inputs=[video], is_ours=is_aligned_dir,
+                           what="aligned output directory") as tmp:
+        return _align_into(tmp, video, info, size, center_sigma, axes_sigma, keep_roll, preview, max_gap,
+                           min_eye_dist, max_frames, resample, detect_long_side, refine, log)
+
+
+def is_aligned_dir(path: str) -> bool:
+    """An output of this stage (what --overwrite may replace): transforms.npz and frames.npy, nothing foreign."""
+    names = set(os.listdir(path))
+    return {"frames.npy", FILE} <= names and names <= {"frames.npy", FILE, "preview.mp4"}
+
+
+def _align_into(tmp, video, info, size, center_sigma, axes_sigma, keep_roll, preview, max_gap, min_eye_dist,
+                max_frames, resample, detect_long_side, refine, log):
+    import collections
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stylejax.io.video import FrameFileWriter
+
+    reach = max(int(4 * sg + 0.5) for sg in (center_sigma, axes_sigma, 0))
+    store = FrameFileWriter(os.path.join(tmp, "frames.npy"), size, size)
+    writer = VideoWriter(os.path.join(tmp, "preview.mp4"), info.fps) if preview else None
+    pool = ThreadPoolExecutor(max_workers=1)
+    in_flight = collections.deque()
+    landmarks, valid = [], []
+    c_raw, x_raw = [], []  # per-frame crop frames; gaps filled as soon as the face is back
+    pending = collections.deque()  # (t, frame) decoded but not yet rendered
+    # wall time, and CPU time of the main (decode + dlib) thread and of the render thread
+    timing = {"wall": 0.0, "main_thread_cpu": 0.0, "render_thread_cpu": 0.0}
+    t_start, cpu_start = time.perf_counter(), time.thread_time()
+
+    def emit(t, frame, quad, level):
+        cpu0 = time.thread_time()
+        store.write(render_crop(frame, quad, size, resample))
+        if writer is not None:
+            writer.write(_draw_preview(frame, landmarks[t], quad, valid[t], level))
+        timing["render_thread_cpu"] += time.thread_time() - cpu0
+
+    def submit(upto: int, final: bool):
+        """Render pending frames whose transform is final given raw values up to index `upto`."""
+        while pending and (final or pending[0][0] + reach <= upto):
+            t, frame = pending.popleft()
+            lo = max(0, t - 2 * reach)
+            hi = len(c_raw) if final else upto + 1
+            c = smooth(np.asarray(c_raw[lo:hi]), center_sigma)[t - lo]
+            x = smooth(np.asarray(x_raw[lo:hi]), axes_sigma)[t - lo]
+            quad = quad_from_frame(c, level_axis(x) if keep_roll else x)
+            level = quad_from_frame(c, x) if keep_roll else None
+            in_flight.append(pool.submit(emit, t, frame, quad, level))
+            while len(in_flight) > 3:  # bound memory and surface render errors early
+                in_flight.popleft().result()
+
+    try:
+        for t, frame, lm in _landmark_stream(video, info, max_frames, max_gap, min_eye_dist, detect_long_side,
+                                             refine, log):
+            valid.append(lm is not None)
+            landmarks.append(lm if lm is not None else np.zeros((68, 2)))
+            pending.append((t, frame))
+            if lm is None:
+                c_raw.append(None), x_raw.append(None)
+                continue
+            c, x = crop_frame(lm)
+            c_raw.append(c), x_raw.append(x)
+            # the face is back: fill the gap behind it (leading gap: hold the first detection)
+            k = t - 1
+            while k >= 0 and not valid[k]:
+                k -= 1
+            if k < t - 1:
+                idx = list(range(k + 1, t))
+                for arr, cur in ((c_raw, c), (x_raw, x), (landmarks, lm)):
+                    prev = arr[k] if k >= 0 else cur
+                    for i in idx:
+                        w = (i - k) / (t - k) if k >= 0 else 1.0
+                        arr[i] = (1 - w) * prev + w * cur
+            submit(t, final=False)
+        # end of video: hold the last detection over a trailing gap, then flush
+        last = max(i for i, v in enumerate(valid) if v)
+        for arr in (c_raw, x_raw, landmarks):
+            for i in range(last + 1, len(arr)):
+                arr[i] = arr[last]
+        submit(len(c_raw) - 1, final=True)
+        while in_flight:
+            in_flight.popleft().result()
+        pool.shutdown()
+        timing["wall"] = time.perf_counter() - t_start
+        timing["main_thread_cpu"] = time.thread_time() - cpu_start
+        count = len(valid)
+        landmarks_arr, valid_arr = np.stack(landmarks), np.asarray(valid)
+        tf = transforms_from_landmarks(landmarks_arr, valid_arr, center_sigma, axes_sigma, keep_roll)
+        store.close()
+        if writer is not None:
+            writer.close()
+        if (~valid_arr).any():
+            log(f"face missing in {int((~valid_arr).sum())} of {count} frames; transforms interpolated there")
+        save_transforms(os.path.join(tmp, FILE), quad=tf["quad"],
+                 roll_deg=tf["roll_deg"].astype(np.float32), landmarks=landmarks_arr.astype(np.float32),
+                 valid=valid_arr, fps=np.float64(info.fps), frame_size=np.array(info.frame_size, np.int32),
+                 size=np.int32(size), keep_roll=np.bool_(keep_roll), center=tf["center"].astype(np.float32),
+                 x_axis=tf["x_axis"].astype(np.float32),
+                 sigmas=np.array([center_sigma, axes_sigma], np.float32))
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        store.abort()
+        if writer is not None:
+            writer.abort()
+        raise
+    tf.update(landmarks=landmarks_arr, valid=valid_arr, fps=info.fps, frame_size=info.frame_size, timing_s=timing)
+    return tf
+
+
+def paste_video(video: str, aligned: str, transforms: str, out: str, mask_kind: str = "ellipse",
+                feather: float = 0.04, resample: str = "cubic", overwrite: bool = True) -> int:
+    """Composite aligned frames (frames.npy / its directory / a video) back into `video`; writes `out` mp4."""
+    tf = load_transforms(transforms)
+    quads = tf["quad"]
+    real_out = atomic.resolve_output(out, "--out")
+    atomic.check_not_input(real_out, [video, aligned, transforms], "--out")
+    if os.path.isdir(real_out):
+        raise AlignError(f"--out {real_out} is a directory; give an .mp4 file name")
+    if os.path.exists(real_out) and not overwrite:
+        raise AlignError(f"--out {real_out} already exists; choose another path or pass --overwrite")
+    info = probe(video)
+    if tuple(int(v) for v in tf["frame_size"]) != info.frame_size:
+        raise AlignError(f"transforms are for {tuple(tf['frame_size'])} frames but {video} is {info.frame_size}")
+    use_npy = aligned.endswith(".npy") or os.path.isdir(aligned)
+    crops = iter(load_frames(aligned)) if use_npy else iter_frames(aligned)
+    mask = None
+    n = 0
+    with VideoWriter(out, info.fps) as writer:
+        frames = iter_frames(video, info)
+        try:
+            for t, (frame, crop) in enumerate(zip(frames, crops)):
+                if t >= len(quads):
+                    break
+                if mask is None:
+                    mask = face_mask(crop.shape[0], mask_kind, feather)
+                writer.write(paste_back(frame, np.asarray(crop), quads[t], mask, resample))
+                n += 1
+        finally:
+            frames.close()
+        if n == 0:
+            raise AlignError(f"nothing to paste: no aligned frames in {aligned}")
+    return n
+
+
+# --------------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------------
+
+def define_align_flags(fv):
+    flags.DEFINE_string("video", None, "input video (anything ffmpeg reads)", flag_values=fv)
+    flags.DEFINE_string("out", None, "output directory: frames.npy, transforms.npz [, preview.mp4]", flag_values=fv)
+    flags.DEFINE_integer("size", 1024, "aligned crop size in px", flag_values=fv)
+    flags.DEFINE_float("center-sigma", 1.0, "temporal Gaussian σ (frames) for the crop centre; 0 disables", flag_values=fv)
+    flags.DEFINE_float("axes-sigma", 3.0, "temporal Gaussian σ (frames) for the crop axes; 0 disables", flag_values=fv)
+    flags.DEFINE_bool("keep-roll", False, "crops keep the head's roll (default: level eyes)", flag_values=fv)
+    flags.DEFINE_bool("preview", False, "also write preview.mp4 with landmarks and crop quads", flag_values=fv)
+    flags.DEFINE_integer("max-gap", 15, "interpolate over at most this many frames without a face", flag_values=fv)
+    flags.DEFINE_float("min-eye-dist", 32.0, "smallest eye-to-eye distance (px) accepted", flag_values=fv)
+    flags.DEFINE_integer("max-frames", None, "only the first N frames", flag_values=fv)
+    flags.DEFINE_enum("resample", "cubic", sorted(_INTERP), "crop resampler", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "replace an existing --out directory written by this command", flag_values=fv)
+    flags.DEFINE_bool("no-refine", False,
+                      "skip the upright 5-box landmark refinement: ~2x faster landmarks, ~2x noisier quads", flag_values=fv)
+
+
+def define_paste_flags(fv):
+    flags.DEFINE_string("video", None, "the original video", flag_values=fv)
+    flags.DEFINE_string("aligned", None, "frames.npy, a directory holding one, or a video of crops", flag_values=fv)
+    flags.DEFINE_string("transforms", None, "transforms.npz written by the align step", flag_values=fv)
+    flags.DEFINE_string("out", None, "output mp4", flag_values=fv)
+    flags.DEFINE_enum("mask", "ellipse", ["ellipse", "square"], "face mask shape", flag_values=fv)
+    flags.DEFINE_float("feather", 0.04, "mask blur σ as a fraction of the crop size", flag_values=fv)
+    flags.DEFINE_enum("resample", "cubic", sorted(_INTERP), "resampler", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "replace an existing --out file", flag_values=fv)
+
+
+def run_align(args):
+    cli.require(args, "video", "out")
+    tf = align_video(args.video, args.out, size=args.size, center_sigma=args.center_sigma,
+                     axes_sigma=args.axes_sigma, keep_roll=args.keep_roll, preview=args.preview,
+                     max_gap=args.max_gap, min_eye_dist=args.min_eye_dist, max_frames=args.max_frames,
+                     resample=args.resample, overwrite=args.overwrite, refine=0 if args.no_refine else 1,
+                     log=(lambda msg: None) if args.json else log_stderr)
+    n, detected = len(tf["valid"]), int(tf["valid"].sum())
+    return {"message": f"aligned {n} frames ({detected} with a detected face) into {args.out}",
+            "frames": n, "detected": detected, "out": os.path.realpath(args.out),
+            "wall_s": round(tf["timing_s"]["wall"], 3)}
+
+
+def run_paste(args):
+    cli.require(args, "video", "aligned", "transforms", "out")
+    if not np.isfinite(args.feather) or args.feather < 0:
+        raise AlignError(f"--feather must be a finite number >= 0 (fraction of the crop size), got {args.feather}")
+    n = paste_video(args.video, args.aligned, args.transforms, args.out, args.mask, args.feather, args.resample,
+                    overwrite=args.overwrite)
+    return {"message": f"pasted {n} frames into {args.out}", "frames": n, "out": os.path.realpath(args.out)}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "paste":
+        return cli.run("python -m stylejax.align paste",
+                       "Paste aligned (e.g. re-rendered) crops back into the original video",
+                       define_paste_flags, run_paste, argv[1:])
+    return cli.run("python -m stylejax.align",
+                   "FFHQ-align the face in a video (see also: python -m stylejax.align paste --help)",
+                   define_align_flags, run_align, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

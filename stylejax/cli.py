@@ -1,0 +1,152 @@
+"""One runner for every command line: absl flags, one-line errors, `--json`, progress bars.
+
+    def define(fv):                               # flags of this command (absl, own FlagValues)
+        flags.DEFINE_string("out", None, "output directory", flag_values=fv)
+    def main(args):                               # args: namespace of flag values (dashes -> underscores)
+        ...                                       # raise UserError for anything the user can fix
+        return {"message": "wrote ...", "frames": 12}   # summary: printed; with --json as the last line
+    if __name__ == "__main__":
+        sys.exit(cli.run("python -m stylejax.x", __doc__, define, main))
+
+Every command gets the same behaviour: `-h/--help`; unknown or malformed flags, missing required flags and
+any `UserError` (or `OSError` from the file system) print one line `error: ...` and exit with status 2;
+`--json` silences progress bars and prints the summary as one JSON object on the last line of stdout.
+Each command has its own `FlagValues`, so commands can be imported (and run) side by side in one process.
+"""
+import json
+import math
+import os
+import sys
+import types
+
+from absl import flags
+
+from stylejax.errors import UserError
+
+# set by `run` for the duration of a command: progress bars are off under --json or without a terminal
+_STATE = {"quiet": False}
+
+
+def progress(iterable=None, total=None, desc=None, unit="it"):
+    """tqdm on a terminal, a plain pass-through otherwise (and always under --json)."""
+    quiet = _STATE["quiet"] or not sys.stderr.isatty()
+    if quiet:
+        return _Quiet(iterable)
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+
+
+class _Quiet:
+    def __init__(self, iterable):
+        self.iterable = iterable
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def update(self, n=1):
+        pass
+
+    def set_postfix_str(self, s):
+        pass
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def new_flags():
+    fv = flags.FlagValues()
+    flags.DEFINE_bool("json", False, "print a machine-readable JSON summary as the last line; no progress bars",
+                      flag_values=fv)
+    return fv
+
+
+def parse(prog, fv, argv):
+    """Parses argv (without the program name) into a namespace; `positional` holds the rest."""
+    fv.unparse_flags()
+    rest = fv([prog] + list(argv))
+    ns = types.SimpleNamespace(**{name.replace("-", "_"): fv[name].value for name in fv})
+    ns.positional = rest[1:]
+    return ns
+
+
+def require(args, *names):
+    for name in names:
+        if getattr(args, name.replace("-", "_")) in (None, ""):
+            raise UserError(f"--{name} is required (see --help)")
+
+
+def usage(prog, doc, fv):
+    lines = [f"usage: {prog} [flags]", "", (doc or "").strip(), "", "flags:"]
+    for name in sorted(fv):
+        flag = fv[name]
+        if flag.name != name:  # short names
+            continue
+        default = "" if flag.default is None else f" (default: {flag.default_as_str})"
+        lines.append(f"  --{name}: {flag.help}{default}")
+    return "\n".join(lines)
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "shape", None) == ():
+        return _json_safe(obj.item())
+    return obj
+
+
+def error(msg):
+    msg = str(msg).strip().splitlines()[0] if str(msg).strip() else "failed"
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def run(prog, doc, define, main, argv=None):
+    """Parses flags, runs `main(args)`, prints its summary; returns the exit status (0 or 2)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    fv = new_flags()
+    define(fv)
+    if any(a in ("-h", "--help", "-help", "--helpfull", "--helpshort") for a in argv):
+        print(usage(prog, doc, fv))
+        return 0
+    try:
+        args = parse(prog, fv, argv)
+    except flags.Error as e:
+        return error(f"{e} (see {prog} --help)")
+    _STATE["quiet"] = bool(args.json)
+    try:
+        summary = main(args)
+    except UserError as e:
+        return error(e)
+    except OSError as e:  # disk full, permissions, a path that became invalid: the user's environment
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        return error(f"{where}{e.strerror or e}")
+    finally:
+        _STATE["quiet"] = False
+    summary = summary or {}
+    message = summary.get("message") if isinstance(summary, dict) else None
+    if message and not args.json:
+        print(message)
+    if args.json:
+        sys.stdout.flush()
+        print(json.dumps(_json_safe(summary), sort_keys=True))
+    return 0
+
+
+def check_positive(name, value, allow_zero=False):
+    """Range checks for numeric flags, with a message that says what to do."""
+    ok = value is not None and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        need = ">= 0" if allow_zero else "> 0"
+        raise UserError(f"--{name} must be a finite number {need}, got {value}")
+    return value
