@@ -128,5 +128,6 @@ def test_real_footage_is_consistent(fixtures_dir):
     # Both clips' landmarks carry ~1 px dlib noise, and the canvas copy is seen at 0.53-0.63 scale with a
     # different focal length; over all 96 frames the measured max is 1.3° yaw/pitch and 0.3° roll.
     assert np.abs(diff[:, :2]).max() < 2.5 and np.abs(diff[:, 2]).max() < 0.75
-    # A talking head facing the camera: measured mean (-4.9, -3.2, 1.8)° (first 12 frames), (-7.5, -5.9, 1.2)° (all 96).
+    # A talking head facing the camera: mean (yaw, pitch, roll) measured (-4.9, -3.2, 1.8)° over these 12
+    # frames, (-7.5, -5.9, 1.2)° over all 96.
     assert lp.near_frontal(pose_a, 15, 15).all()
