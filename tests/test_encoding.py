@@ -1,0 +1,280 @@
+"""The encoding file format: round trip, size, and one exact one-line error for every way a file can be bad."""
+import json
+import os
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+safetensors_numpy = pytest.importorskip("safetensors.numpy")
+
+from stylejax.errors import UserError  # noqa: E402
+from stylejax.io.encoding import (Encoding, EncodingError, fingerprint_params, load_encoding,  # noqa: E402
+                                  save_encoding)
+
+T, K, NUM_WS, W_DIM = 50, 32, 18, 512
+CHANNELS = tuple(f"{6 + k % 3}_{100 + k}" for k in range(K))
+
+
+def make_encoding(with_quad=True, **over):
+    rng = np.random.default_rng(0)
+    fields = dict(id_latent=rng.normal(size=(NUM_WS, W_DIM)), pose_deg=rng.uniform(-40, 40, (T, 3)),
+                  offsets=rng.normal(0, 3, (T, K)), channels=CHANNELS, fps=29.97, resolution=1024,
+                  generator_fingerprint="0123456789abcdef", pose_model="styleflow-rk4-8",
+                  settings={"steps": 300, "lr": 0.01, "loss": ["lpips", "l2"]})
+    if with_quad:
+        fields.update(quad=rng.uniform(0, 1000, (T, 4, 2)), frame_size=(1280, 720))
+    fields.update(over)
+    return Encoding(**fields)
+
+
+def header_of(path):
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return n, json.loads(f.read(n))
+
+
+def write_raw(path, tensors, meta):
+    safetensors_numpy.save_file(tensors, str(path), metadata=meta)
+    return str(path)
+
+
+def good_raw(tmp_path, drop_tensor=None, **meta_over):
+    """A valid file's tensors and metadata, with changes, written without save_encoding's checks."""
+    enc = make_encoding(with_quad=False)
+    path = str(tmp_path / "ok.safetensors")
+    save_encoding(path, enc)
+    tensors = safetensors_numpy.load_file(path)
+    meta = header_of(path)[1]["__metadata__"]
+    meta.update({k: v for k, v in meta_over.items() if v is not None})
+    for k in [k for k, v in meta_over.items() if v is None]:
+        del meta[k]
+    if drop_tensor:
+        del tensors[drop_tensor]
+    return tensors, meta
+
+
+def read_error(path, **kw):
+    with pytest.raises(EncodingError) as info:
+        load_encoding(path, **kw)
+    msg = str(info.value)
+    assert "\n" not in msg and isinstance(info.value, UserError)
+    return msg
+
+
+def test_round_trip_values_and_header(tmp_path):
+    enc = make_encoding()
+    path = str(tmp_path / "clip.safetensors")
+    save_encoding(path, enc)
+    back = load_encoding(path, expected_fingerprint="0123456789abcdef")
+    # Pose and offsets come back as the float16 rounding of what was saved, exactly; the rest bit-exact.
+    np.testing.assert_array_equal(back.pose_deg, enc.pose_deg.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(back.offsets, enc.offsets.astype(np.float16).astype(np.float32))
+    # float16 has an 11-bit significand: |error| <= 2^-11 relative; degrees up to 40 -> <= 0.016 deg.
+    assert np.abs(back.pose_deg - enc.pose_deg).max() <= 40 * 2.0 ** -11
+    np.testing.assert_array_equal(back.id_latent, enc.id_latent)
+    np.testing.assert_array_equal(back.quad, enc.quad)
+    assert back.id_latent.dtype == back.pose_deg.dtype == back.offsets.dtype == back.quad.dtype == np.float32
+    assert (back.channels, back.fps, back.resolution, back.generator_fingerprint, back.pose_model, back.settings,
+            back.frame_size) == (CHANNELS, 29.97, 1024, "0123456789abcdef", "styleflow-rk4-8", enc.settings,
+                                 (1280, 720))
+    _, header = header_of(path)
+    assert header["__metadata__"] == {
+        "format": "stylejax-encoding", "format_version": "1", "generator_fingerprint": "0123456789abcdef",
+        "resolution": "1024", "fps": "29.97", "num_frames": "50", "channels": json.dumps(list(CHANNELS)),
+        "pose_model": "styleflow-rk4-8", "settings": '{"loss": ["lpips", "l2"], "lr": 0.01, "steps": 300}',
+        "frame_size": "[1280, 720]"}
+    assert {k: (v["dtype"], v["shape"]) for k, v in header.items() if k != "__metadata__"} == {
+        "id_latent": ("F32", [NUM_WS, W_DIM]), "frames": ("F16", [T, 35]), "quad": ("F32", [T, 4, 2])}
+
+
+def test_without_quad_and_overwrite(tmp_path):
+    path = str(tmp_path / "clip.safetensors")
+    save_encoding(path, make_encoding())
+    save_encoding(path, make_encoding(with_quad=False, fps=25))  # replaces the old file
+    back = load_encoding(path)
+    assert back.quad is None and back.frame_size is None and back.fps == 25.0
+    assert "frame_size" not in header_of(path)[1]["__metadata__"]
+    assert os.listdir(tmp_path) == ["clip.safetensors"]
+
+
+def test_size(tmp_path):
+    enc = make_encoding(with_quad=False)
+    assert enc.bytes_per_frame == 70 and enc.num_frames == T
+    path = str(tmp_path / "clip.safetensors")
+    save_encoding(path, enc)
+    header_len, _ = header_of(path)
+    payload = NUM_WS * W_DIM * 4 + T * 70
+    assert os.path.getsize(path) == 8 + header_len + payload
+    assert header_len < 2048  # the header is small next to the 36 KiB latent
+
+
+def test_fingerprint_params():
+    import jax.numpy as jnp
+
+    tree = {"b": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, "a": np.ones(4, np.float16)}
+    fp = fingerprint_params(tree)
+    assert len(fp) == 16 and int(fp, 16) >= 0
+    # The recipe, spelled out: SHA-256 over "keypath|dtype|shape|" + bytes of each leaf, sorted by key path.
+    import hashlib
+
+    recipe = hashlib.sha256(b"['a']|float16|(4,)|" + tree["a"].tobytes() + b"['b']['w']|float32|(2, 3)|"
+                            + tree["b"]["w"].tobytes()).hexdigest()[:16]
+    assert fp == recipe == "b7582d177599c51c"  # stable across runs and machines
+    same = {"a": jnp.ones(4, jnp.float16), "b": {"w": jnp.arange(6.0).reshape(2, 3)}}  # jax arrays, other order
+    assert fingerprint_params(same) == fp
+    one_ulp = tree["b"]["w"].copy()
+    one_ulp[1, 2] = np.nextafter(one_ulp[1, 2], np.float32(10))
+    changed = [{"b": {"w": one_ulp}, "a": tree["a"]},
+               {"b": {"w": tree["b"]["w"].reshape(3, 2)}, "a": tree["a"]},
+               {"b": {"w": tree["b"]["w"].astype(np.float64)}, "a": tree["a"]},
+               {"b": {"v": tree["b"]["w"]}, "a": tree["a"]}]
+    assert len({fp} | {fingerprint_params(t) for t in changed}) == 5
+
+
+# ----------------------------------------------------------------------------------------------------------
+# errors
+# ----------------------------------------------------------------------------------------------------------
+
+def test_not_a_file(tmp_path):
+    missing = str(tmp_path / "nope.safetensors")
+    assert read_error(missing) == f"cannot read encoding {missing}: no such file"
+    assert read_error(str(tmp_path)) == f"cannot read encoding {tmp_path}: not a file"
+
+
+def test_random_bytes_and_pickle(tmp_path):
+    not_st = "not a safetensors file (encodings are written by python -m stylejax.encode)"
+    noise = tmp_path / "noise.safetensors"
+    noise.write_bytes(np.random.default_rng(1).bytes(5000))
+    assert read_error(str(noise)) == f"cannot read encoding {noise}: {not_st}"
+    # A pickle whose loading would create a directory: refusing it must not run it.
+    marker = tmp_path / "unpickled"
+
+    class Trap:
+        def __reduce__(self):
+            return os.mkdir, (str(marker),)
+
+    for protocol in (2, 4):
+        pkl = tmp_path / f"enc{protocol}.safetensors"
+        pkl.write_bytes(pickle.dumps({"id_latent": Trap()}, protocol=protocol))
+        assert read_error(str(pkl)) == f"cannot read encoding {pkl}: {not_st}"
+    assert not marker.exists()
+
+
+def test_truncated(tmp_path):
+    path = str(tmp_path / "clip.safetensors")
+    save_encoding(path, make_encoding())
+    data = open(path, "rb").read()
+    header_len, _ = header_of(path)
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[:-100])
+    assert read_error(str(cut)) == (f"cannot read encoding {cut}: truncated ({len(data) - 100} bytes, "
+                                    f"its tensors need {len(data)})")
+    cut.write_bytes(data[:100])
+    assert read_error(str(cut)) == (f"cannot read encoding {cut}: truncated (100 bytes, its header alone needs "
+                                    f"{8 + header_len})")
+    cut.write_bytes(data[:5])
+    assert read_error(str(cut)) == (f"cannot read encoding {cut}: not a safetensors file (encodings are written "
+                                    f"by python -m stylejax.encode)")
+
+
+def test_corrupt_container(tmp_path):
+    """Extents that the hand checks accept but the library rejects (trailing bytes) keep the library's reason."""
+    path = tmp_path / "clip.safetensors"
+    save_encoding(str(path), make_encoding())
+    path.write_bytes(path.read_bytes() + b"\0" * 16)
+    msg = read_error(str(path))
+    assert msg.startswith(f"cannot read encoding {path}: corrupt safetensors file (") and msg.endswith(")")
+
+
+def test_wrong_format_and_version(tmp_path):
+    p = write_raw(tmp_path / "a.safetensors", *good_raw(tmp_path, format="other"))
+    assert read_error(p) == (f"cannot read encoding {p}: not a stylejax encoding (format 'other', "
+                             f"expected 'stylejax-encoding')")
+    p = write_raw(tmp_path / "b.safetensors", {"w": np.zeros(3, np.float32)}, None)
+    assert read_error(p) == (f"cannot read encoding {p}: not a stylejax encoding (no format field, "
+                             f"expected 'stylejax-encoding')")
+    p = write_raw(tmp_path / "c.safetensors", *good_raw(tmp_path, format_version="2"))
+    assert read_error(p) == (f"cannot read encoding {p}: format version '2' is not supported: this stylejax reads "
+                             f"version(s) 1; upgrade stylejax to read it")
+
+
+def test_fingerprint_mismatch(tmp_path):
+    path = str(tmp_path / "clip.safetensors")
+    save_encoding(path, make_encoding())
+    assert read_error(path, expected_fingerprint="fedcba9876543210") == (
+        f"encoding {path} was encoded with generator 0123456789abcdef, this generator is fedcba9876543210: "
+        f"render with the generator used to encode")
+
+
+def test_missing_pieces(tmp_path):
+    p = write_raw(tmp_path / "a.safetensors", *good_raw(tmp_path, drop_tensor="frames"))
+    assert read_error(p) == f"cannot read encoding {p}: missing tensor(s) 'frames'"
+    p = write_raw(tmp_path / "b.safetensors", *good_raw(tmp_path, fps=None, pose_model=None))
+    assert read_error(p) == f"cannot read encoding {p}: missing metadata field(s) 'fps', 'pose_model'"
+    p = write_raw(tmp_path / "c.safetensors", *good_raw(tmp_path, channels="6_501"))
+    assert read_error(p) == f"cannot read encoding {p}: metadata field 'channels' is not a JSON list"
+
+
+def test_shape_mismatches(tmp_path):
+    p = write_raw(tmp_path / "a.safetensors", *good_raw(tmp_path, channels=json.dumps(list(CHANNELS[:30]))))
+    assert read_error(p) == (f"cannot read encoding {p}: tensor 'frames' has shape [{T}, 35], expected [T, 33] "
+                             f"(3 pose columns + 30 channels)")
+    p = write_raw(tmp_path / "b.safetensors", *good_raw(tmp_path, num_frames="49"))
+    assert read_error(p) == f"cannot read encoding {p}: tensor 'frames' has {T} rows but num_frames is 49"
+    tensors, meta = good_raw(tmp_path)
+    tensors["id_latent"] = tensors["id_latent"][0]
+    p = write_raw(tmp_path / "c.safetensors", tensors, meta)
+    assert read_error(p) == f"cannot read encoding {p}: id_latent has shape [{W_DIM}], expected [num_ws, w_dim]"
+    tensors, meta = good_raw(tmp_path)
+    tensors["frames"] = tensors["frames"].astype(np.float32)
+    p = write_raw(tmp_path / "d.safetensors", tensors, meta)
+    assert read_error(p) == f"cannot read encoding {p}: tensor 'frames' is float32, expected float16"
+
+
+def test_non_finite(tmp_path):
+    tensors, meta = good_raw(tmp_path)
+    tensors["frames"][3, 7] = np.inf
+    p = write_raw(tmp_path / "a.safetensors", tensors, meta)
+    assert read_error(p) == f"cannot read encoding {p}: tensor 'frames' has non-finite values"
+    tensors, meta = good_raw(tmp_path)
+    tensors["id_latent"][0, 0] = np.nan
+    p = write_raw(tmp_path / "b.safetensors", tensors, meta)
+    assert read_error(p) == f"cannot read encoding {p}: tensor 'id_latent' has non-finite values"
+
+
+def test_invalid_encoding_objects():
+    with pytest.raises(EncodingError, match=r"^invalid encoding: offsets have shape \[50, 31\], expected \[50, 32\] "):
+        make_encoding(offsets=np.zeros((T, K - 1)))
+    with pytest.raises(EncodingError, match=r"^invalid encoding: pose_deg has non-finite values$"):
+        make_encoding(pose_deg=np.full((T, 3), np.nan))
+    with pytest.raises(EncodingError, match=r"^invalid encoding: channel name '6-501' is not 'layer_channel'"):
+        make_encoding(channels=("6-501",) + CHANNELS[1:])
+    with pytest.raises(EncodingError, match=r"^invalid encoding: quad and frame_size come together"):
+        make_encoding(frame_size=None)
+
+
+def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
+    path = str(tmp_path / "clip.safetensors")
+    big = make_encoding(offsets=np.where(np.arange(K) == 4, 7e4, 0.0) * np.ones((T, 1)))
+    with pytest.raises(EncodingError) as info:
+        save_encoding(path, big)
+    assert str(info.value) == (f"cannot save encoding {path}: frame 0 {CHANNELS[4]} = 70000 is outside the float16 "
+                               f"range (±65504); check the encoder's settings")
+    assert os.listdir(tmp_path) == []
+    # A failure after the temp file exists (disk full at fsync) removes it and keeps the previous file intact.
+    save_encoding(path, make_encoding())
+    before = open(path, "rb").read()
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(EncodingError) as info:
+        save_encoding(path, make_encoding(fps=25))
+    assert str(info.value) == f"cannot save encoding {path}: No space left on device"
+    assert os.listdir(tmp_path) == ["clip.safetensors"] and open(path, "rb").read() == before
+    missing_dir = str(tmp_path / "no" / "clip.safetensors")
+    with pytest.raises(EncodingError, match=r"directory .* does not exist$"):
+        save_encoding(missing_dir, make_encoding())
