@@ -1,6 +1,7 @@
 """Stage 1: FFHQ face alignment of a video, temporal stabilisation, roll, paste-back.
 
-    python -m stylejax.align --video IN --out DIR [--size 1024] [--center-sigma 1 --axes-sigma 3]
+    python -m stylejax.align --video IN --out DIR [--size 1024] [--stabiliser poly|savgol|gaussian|none]
+                             [--center-window 9 --axes-window 19 --order 2] [--center-sigma 1 --axes-sigma 3]
                              [--keep-roll] [--preview] [--max-gap 15]
     python -m stylejax.align paste --video ORIG --aligned DIR_OR_FRAMES --transforms DIR/transforms.npz --out OUT.mp4
 
@@ -27,6 +28,7 @@ import numpy as np
 from stylejax.landmarks import LandmarkError, log_stderr
 from stylejax.video import VideoError, VideoWriter, iter_frames, load_frames, probe
 from stylejax.errors import UserError
+from stylejax.stabilise import METHODS, Stabiliser, StabiliserError, make_stabiliser
 
 
 class AlignError(UserError, ValueError):
@@ -154,9 +156,13 @@ def fill_gaps(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out.reshape(values.shape)
 
 
-def transforms_from_landmarks(landmarks: np.ndarray, valid: np.ndarray, center_sigma: float = 1.0,
-                              axes_sigma: float = 3.0, keep_roll: bool = False) -> dict:
+def transforms_from_landmarks(landmarks: np.ndarray, valid: np.ndarray, center_sigma: float | None = None,
+                              axes_sigma: float | None = None, keep_roll: bool = False,
+                              stabiliser: str | Stabiliser | None = None) -> dict:
     """Per-frame crop quads and roll from landmarks [T, 68, 2] (invalid frames are interpolated first).
+
+    `stabiliser`: a `stabilise.Stabiliser` or method name (default 'poly'); giving only σ values selects the
+    Gaussian with those σ (0, 0: per-frame quads), as before the stage had other stabilisers.
 
     Returns `quad` [T,4,2] (the crop to render: level-eyed, or keeping the roll), `roll_deg` [T] (of the
     smoothed axis), `center` [T,2], `x_axis` [T,2] (smoothed, with roll).
@@ -165,8 +171,8 @@ def transforms_from_landmarks(landmarks: np.ndarray, valid: np.ndarray, center_s
     c, x = np.zeros((len(valid), 2)), np.zeros((len(valid), 2))
     c[valid], x[valid] = crop_frame(np.asarray(landmarks)[valid])  # missing frames may hold garbage
     c, x = fill_gaps(c, valid), fill_gaps(x, valid)
-    # STIT: smooth c and x over time; y is derived from x, so the crop stays square.
-    c, x = smooth(c, center_sigma), smooth(x, axes_sigma)
+    # smooth c and x over time; y is derived from x, so the crop stays square.
+    c, x = make_stabiliser(stabiliser, center_sigma=center_sigma, axes_sigma=axes_sigma)(c, x, valid)
     roll = roll_degrees(x)
     render_x = level_axis(x) if keep_roll else x
     return {"quad": quad_from_frame(c, render_x), "roll_deg": roll, "center": c, "x_axis": x}
@@ -344,14 +350,15 @@ def _draw_preview(frame: np.ndarray, landmarks: np.ndarray, quad: np.ndarray, va
     return img
 
 
-def align_video(video: str, out_dir: str, size: int = 1024, center_sigma: float = 1.0, axes_sigma: float = 3.0,
-                keep_roll: bool = False, preview: bool = False, max_gap: int = 15, min_eye_dist: float = 32.0,
-                max_frames: int | None = None, resample: str = "cubic", overwrite: bool = False,
-                detect_long_side: int = 480, refine: int = 1, log: Callable[[str], None] = log_stderr) -> dict:
+def align_video(video: str, out_dir: str, size: int = 1024, center_sigma: float | None = None,
+                axes_sigma: float | None = None, keep_roll: bool = False, preview: bool = False, max_gap: int = 15,
+                min_eye_dist: float = 32.0, max_frames: int | None = None, resample: str = "cubic",
+                overwrite: bool = False, detect_long_side: int = 480, refine: int = 1,
+                log: Callable[[str], None] = log_stderr, stabiliser: str | Stabiliser | None = None) -> dict:
     """Align every frame of `video` into `out_dir` (frames.npy, transforms.npz, preview.mp4 if asked).
 
     One decoding pass: frame t is rendered as soon as the (smoothed) transform of t is final, i.e. once a
-    face has been seen at or after t + 4·max(σ) (the Gaussian's reach); the crops of frames waiting for that
+    face has been seen at or after t + the stabiliser's reach; the crops of frames waiting for that
     are the only frames held in memory. Rendering runs on a worker thread (OpenCV releases the GIL) while
     dlib tracks the next frames. Everything is written to a temporary sibling directory that is renamed to
     `out_dir` at the end, so a failure never leaves a complete-looking output. Returns the transforms dict
@@ -376,9 +383,10 @@ def align_video(video: str, out_dir: str, size: int = 1024, center_sigma: float 
     parent = os.path.dirname(out_dir)
     if not os.path.isdir(parent):
         raise AlignError(f"cannot write {out_dir}: the parent directory {parent} does not exist")
+    stab = make_stabiliser(stabiliser, center_sigma=center_sigma, axes_sigma=axes_sigma)
     info = probe(video)
 
-    reach = max(int(4 * sg + 0.5) for sg in (center_sigma, axes_sigma, 0))
+    reach = stab.reach
     tmp = f"{out_dir}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -406,8 +414,8 @@ def align_video(video: str, out_dir: str, size: int = 1024, center_sigma: float 
             t, frame = pending.popleft()
             lo = max(0, t - 2 * reach)
             hi = len(c_raw) if final else upto + 1
-            c = smooth(np.asarray(c_raw[lo:hi]), center_sigma)[t - lo]
-            x = smooth(np.asarray(x_raw[lo:hi]), axes_sigma)[t - lo]
+            c, x = stab(np.asarray(c_raw[lo:hi]), np.asarray(x_raw[lo:hi]))
+            c, x = c[t - lo], x[t - lo]
             quad = quad_from_frame(c, level_axis(x) if keep_roll else x)
             level = quad_from_frame(c, x) if keep_roll else None
             in_flight.append(pool.submit(emit, t, frame, quad, level))
@@ -450,7 +458,7 @@ def align_video(video: str, out_dir: str, size: int = 1024, center_sigma: float 
         timing["main_thread_cpu"] = time.thread_time() - cpu_start
         count = len(valid)
         landmarks_arr, valid_arr = np.stack(landmarks), np.asarray(valid)
-        tf = transforms_from_landmarks(landmarks_arr, valid_arr, center_sigma, axes_sigma, keep_roll)
+        tf = transforms_from_landmarks(landmarks_arr, valid_arr, keep_roll=keep_roll, stabiliser=stab)
         store.close()
         if writer is not None:
             writer.close()
@@ -461,7 +469,7 @@ def align_video(video: str, out_dir: str, size: int = 1024, center_sigma: float 
                  valid=valid_arr, fps=np.float64(info.fps), frame_size=np.array(info.frame_size, np.int32),
                  size=np.int32(size), keep_roll=np.bool_(keep_roll), center=tf["center"].astype(np.float32),
                  x_axis=tf["x_axis"].astype(np.float32),
-                 sigmas=np.array([center_sigma, axes_sigma], np.float32))
+                 **stab.as_arrays())
         if os.path.exists(out_dir):
             old = f"{out_dir}.old-{os.getpid()}"
             os.rename(out_dir, old)
@@ -538,8 +546,15 @@ def _align_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", required=True, help="input video (anything ffmpeg reads)")
     p.add_argument("--out", required=True, help="output directory: frames.npy, transforms.npz [, preview.mp4]")
     p.add_argument("--size", type=int, default=1024, help="aligned crop size in px (default 1024)")
-    p.add_argument("--center-sigma", type=float, default=1.0, help="temporal Gaussian σ (frames) for the crop centre; 0 disables")
-    p.add_argument("--axes-sigma", type=float, default=3.0, help="temporal Gaussian σ (frames) for the crop axes; 0 disables")
+    p.add_argument("--stabiliser", choices=METHODS, default=None,
+                   help="temporal stabiliser of the crop: local quadratic fit with tricube weights (poly, default: "
+                        "follows fast head motion), the same with equal weights (savgol), the previous Gaussian "
+                        "(default when a σ is given), or none")
+    p.add_argument("--center-window", type=int, default=None, help="poly/savgol window (odd, frames) for the centre (default 9)")
+    p.add_argument("--axes-window", type=int, default=None, help="poly/savgol window (odd, frames) for scale and roll (default 19)")
+    p.add_argument("--order", type=int, default=None, help="poly/savgol polynomial degree (default 2)")
+    p.add_argument("--center-sigma", type=float, default=None, help="gaussian σ (frames) for the crop centre (default 1; 0 disables)")
+    p.add_argument("--axes-sigma", type=float, default=None, help="gaussian σ (frames) for the crop axes (default 3; 0 disables)")
     p.add_argument("--keep-roll", action="store_true", help="crops keep the head's roll (default: level eyes)")
     p.add_argument("--preview", action="store_true", help="also write preview.mp4 with landmarks and crop quads")
     p.add_argument("--max-gap", type=int, default=15, help="interpolate over at most this many frames without a face")
@@ -574,12 +589,14 @@ def main(argv=None) -> int:
             print(f"pasted {n} frames into {args.out}")
         else:
             args = _align_parser().parse_args(argv)
-            tf = align_video(args.video, args.out, size=args.size, center_sigma=args.center_sigma,
-                             axes_sigma=args.axes_sigma, keep_roll=args.keep_roll, preview=args.preview,
-                             max_gap=args.max_gap, min_eye_dist=args.min_eye_dist, max_frames=args.max_frames,
-                             resample=args.resample, overwrite=args.overwrite, refine=0 if args.no_refine else 1)
+            stab = make_stabiliser(args.stabiliser, center_window=args.center_window, axes_window=args.axes_window,
+                                   order=args.order, center_sigma=args.center_sigma, axes_sigma=args.axes_sigma)
+            tf = align_video(args.video, args.out, size=args.size, stabiliser=stab, keep_roll=args.keep_roll,
+                             preview=args.preview, max_gap=args.max_gap, min_eye_dist=args.min_eye_dist,
+                             max_frames=args.max_frames, resample=args.resample, overwrite=args.overwrite,
+                             refine=0 if args.no_refine else 1)
             print(f"aligned {len(tf['valid'])} frames ({int(tf['valid'].sum())} with a detected face) into {args.out}")
-    except (AlignError, VideoError, LandmarkError) as err:
+    except (AlignError, VideoError, LandmarkError, StabiliserError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
