@@ -284,3 +284,18 @@ def test_static_fixture_jitter_reduced(fast):
         print(f"{name} ({FAST_FRAMES} frames): jitter per frame {raw:.3f} px, poly {poly:.3f} px ({raw / poly:.1f}x), "
               f"gaussian {gauss:.3f} px ({raw / gauss:.1f}x)")
         assert raw >= 4 * poly  # measured 9-10x
+
+
+def test_cli_sigma_keeps_selecting_the_gaussian(fixtures_dir, tmp_path):
+    pytest.importorskip("dlib")
+    from stylejax import align as al
+
+    out = tmp_path / "out"
+    video = os.path.join(fixtures_dir, "4491301_aligned.mp4")
+    assert al.main(["--video", video, "--out", str(out), "--size", "64", "--max-frames", "5",
+                    "--center-sigma", "2"]) == 0
+    tf = al.load_transforms(str(out))
+    assert str(tf["stabiliser"]) == "gaussian" and tf["sigmas"].tolist() == [2.0, 3.0]
+    assert tf["windows"].tolist() == [0, 0] and int(tf["order"]) == -1
+    want = al.transforms_from_landmarks(tf["landmarks"].astype(np.float64), tf["valid"], 2.0, 3.0)["quad"]
+    np.testing.assert_allclose(tf["quad"], want, rtol=0, atol=1e-3)  # landmarks were stored as float32
