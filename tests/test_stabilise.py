@@ -13,7 +13,7 @@ from stylejax import stabilise as st
 from stylejax.stabilise import Stabiliser, StabiliserError, make_stabiliser, stabilise
 
 FAST_FRAMES = 60  # 2 s at 30 fps: one full roll cycle, 1.3 scale cycles
-PANEL = "8775004_aligned.mp4"  # held out: the stage's defaults were chosen on 4491301
+PANEL = "8775004_aligned.mp4"  # the held-out clip of test_align (the stage was developed on 4491301)
 STATIC = ("4491301_aligned.mp4", "8775004_aligned.mp4")  # static camera, face already aligned
 CANVAS = (1280, 720)
 
