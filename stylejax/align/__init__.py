@@ -7,6 +7,7 @@
 from stylejax.align.geometry import (AlignError, crop_frame, eye_distance, fill_gaps, jitter, level_axis,
                                      quad_affine, quad_from_frame, roll_degrees, smooth,
                                      transforms_from_landmarks, y_axis)
+from stylejax.align.stabilise import Stabiliser, make_stabiliser
 from stylejax.align.stage import align_video, is_aligned_dir, main, paste_video, track_landmarks
 from stylejax.align.warp import face_mask, paste_back, render_crop
 from stylejax.io.transforms import load_transforms

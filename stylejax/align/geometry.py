@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from stylejax.align.stabilise import Stabiliser, make_stabiliser, smooth  # noqa: F401 (smooth: re-export)
 from stylejax.errors import UserError
 
 
@@ -63,42 +64,6 @@ def level_axis(x: np.ndarray) -> np.ndarray:
     return np.stack([np.linalg.norm(x, axis=-1), np.zeros(x.shape[:-1])], -1)
 
 
-def smooth(values: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing over time (axis 0, truncate 4 as STIT's scipy call); σ=0 returns the values as is.
-
-    STIT pads the ends by even reflection, which pulls the first and last frames of a face that moves
-    steadily back towards the interior (a lag of ~0.8σ·velocity). Here the ends are padded with the linear
-    trend of the nearest 2σ+1 frames plus the reflected residuals, so steady motion passes through unchanged
-    while noise at the ends is still averaged.
-    """
-    values = np.asarray(values, np.float64)
-    if sigma <= 0 or len(values) < 3:
-        return values
-    from scipy.ndimage import gaussian_filter1d
-
-    n = len(values)
-    radius = int(4 * sigma + 0.5)
-    pad = min(radius, n - 1)
-    m = min(n, max(3, int(2 * sigma) + 1))
-    t = np.arange(m, dtype=np.float64)
-    flat = values.reshape(n, -1)
-
-    def extend(block):  # block [m, k] at the start; returns [pad, k] for times -pad..-1
-        slope, icpt = np.polyfit(t, block, 1)
-        trend = lambda tt: icpt + np.outer(tt, slope)
-        k = np.arange(pad, 0, -1)  # times -pad..-1 mirror to pad..1
-        mirrored = flat_block_src[k]
-        return trend(-k.astype(np.float64)) + (mirrored - trend(k.astype(np.float64)))
-
-    flat_block_src = flat
-    head = extend(flat[:m])
-    flat_block_src = flat[::-1]
-    tail = extend(flat[::-1][:m])[::-1]
-    padded = np.concatenate([head, flat, tail], 0)
-    out = gaussian_filter1d(padded, sigma, axis=0, mode="nearest", truncate=4.0)[pad:pad + n]
-    return out.reshape(values.shape)
-
-
 def jitter(quads: np.ndarray) -> float:
     """Mean frame-to-frame second difference |q[t+1] - 2 q[t] + q[t-1]| of the corners (px)."""
     q = np.asarray(quads, np.float64)
@@ -138,9 +103,13 @@ def fill_gaps(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out.reshape(values.shape)
 
 
-def transforms_from_landmarks(landmarks: np.ndarray, valid: np.ndarray, center_sigma: float = 1.0,
-                              axes_sigma: float = 3.0, keep_roll: bool = False) -> dict:
+def transforms_from_landmarks(landmarks: np.ndarray, valid: np.ndarray, center_sigma: float | None = None,
+                              axes_sigma: float | None = None, keep_roll: bool = False,
+                              stabiliser: str | Stabiliser | None = None) -> dict:
     """Per-frame crop quads and roll from landmarks [T, 68, 2] (invalid frames are interpolated first).
+
+    `stabiliser`: a `stabilise.Stabiliser` or method name (default 'poly'); giving only σ values selects the
+    Gaussian with those σ (0, 0: per-frame quads), as before the stage had other stabilisers.
 
     Returns `quad` [T,4,2] (the crop to render: level-eyed, or keeping the roll), `roll_deg` [T] (of the
     smoothed axis), `center` [T,2], `x_axis` [T,2] (smoothed, with roll).
@@ -149,8 +118,8 @@ def transforms_from_landmarks(landmarks: np.ndarray, valid: np.ndarray, center_s
     c, x = np.zeros((len(valid), 2)), np.zeros((len(valid), 2))
     c[valid], x[valid] = crop_frame(np.asarray(landmarks)[valid])  # missing frames may hold garbage
     c, x = fill_gaps(c, valid), fill_gaps(x, valid)
-    # STIT: smooth c and x over time; y is derived from x, so the crop stays square.
-    c, x = smooth(c, center_sigma), smooth(x, axes_sigma)
+    # smooth c and x over time; y is derived from x, so the crop stays square.
+    c, x = make_stabiliser(stabiliser, center_sigma=center_sigma, axes_sigma=axes_sigma)(c, x, valid)
     roll = roll_degrees(x)
     render_x = level_axis(x) if keep_roll else x
     return {"quad": quad_from_frame(c, render_x), "roll_deg": roll, "center": c, "x_axis": x}

@@ -1,6 +1,7 @@
 """Stage 1: FFHQ face alignment of a video, temporal stabilisation, roll, paste-back.
 
-    python -m stylejax.align --video IN --out DIR [--size 1024] [--center-sigma 1 --axes-sigma 3]
+    python -m stylejax.align --video IN --out DIR [--size 1024] [--stabiliser poly|savgol|gaussian|none]
+                             [--center-window 9 --axes-window 19 --order 2] [--center-sigma 1 --axes-sigma 3]
                              [--keep-roll] [--preview] [--max-gap 15]
     python -m stylejax.align paste --video ORIG --aligned DIR_OR_FRAMES --transforms DIR/transforms.npz --out OUT.mp4
 
@@ -25,8 +26,9 @@ from absl import flags
 
 from stylejax import cli
 from stylejax.align.geometry import (AlignError, crop_frame, eye_distance, fill_gaps, level_axis,
-                                     quad_from_frame, smooth, transforms_from_landmarks)
+                                     quad_from_frame, transforms_from_landmarks)
 from stylejax.align.landmarks import log_stderr
+from stylejax.align.stabilise import METHODS, Stabiliser, make_stabiliser
 from stylejax.align.warp import _INTERP, face_mask, paste_back, render_crop
 from stylejax.io import atomic
 from stylejax.io.transforms import FILE, load_transforms, save_transforms
@@ -95,14 +97,15 @@ def _draw_preview(frame: np.ndarray, landmarks: np.ndarray, quad: np.ndarray, va
     return img
 
 
-def align_video(video: str, out_dir: str, size: int = 1024, center_sigma: float = 1.0, axes_sigma: float = 3.0,
-                keep_roll: bool = False, preview: bool = False, max_gap: int = 15, min_eye_dist: float = 32.0,
-                max_frames: int | None = None, resample: str = "cubic", overwrite: bool = False,
-                detect_long_side: int = 480, refine: int = 1, log: Callable[[str], None] = log_stderr) -> dict:
+def align_video(video: str, out_dir: str, size: int = 1024, center_sigma: float | None = None,
+                axes_sigma: float | None = None, keep_roll: bool = False, preview: bool = False, max_gap: int = 15,
+                min_eye_dist: float = 32.0, max_frames: int | None = None, resample: str = "cubic",
+                overwrite: bool = False, detect_long_side: int = 480, refine: int = 1,
+                log: Callable[[str], None] = log_stderr, stabiliser: str | Stabiliser | None = None) -> dict:
     """Align every frame of `video` into `out_dir` (frames.npy, transforms.npz, preview.mp4 if asked).
 
     One decoding pass: frame t is rendered as soon as the (smoothed) transform of t is final, i.e. once a
-    face has been seen at or after t + 4·max(σ) (the Gaussian's reach); the crops of frames waiting for that
+    face has been seen at or after t + the stabiliser's reach; the crops of frames waiting for that
     are the only frames held in memory. Rendering runs on a worker thread (OpenCV releases the GIL) while
     dlib tracks the next frames. Everything is written to a temporary sibling directory that is renamed to
     `out_dir` at the end, so a failure never leaves a complete-looking output. Returns the transforms dict
@@ -114,14 +117,15 @@ def align_video(video: str, out_dir: str, size: int = 1024, center_sigma: float 
     if resample not in _INTERP:
         raise AlignError(f"unknown resampler {resample!r}; use one of {sorted(_INTERP)}")
     for name, sg in (("--center-sigma", center_sigma), ("--axes-sigma", axes_sigma)):
-        if not np.isfinite(sg) or sg < 0:
+        if sg is not None and (not np.isfinite(sg) or sg < 0):
             raise AlignError(f"{name} must be a finite number >= 0 (frames), got {sg}")
+    stab = make_stabiliser(stabiliser, center_sigma=center_sigma, axes_sigma=axes_sigma)
     if max_gap < 0 or min_eye_dist < 0 or (max_frames is not None and max_frames < 1):
         raise AlignError("--max-gap and --min-eye-dist must be >= 0 and --max-frames >= 1")
     info = probe(video)
     with atomic.output_dir(out_dir, overwrite=overwrite, inputs=[video], is_ours=is_aligned_dir,
                            what="aligned output directory") as tmp:
-        return _align_into(tmp, video, info, size, center_sigma, axes_sigma, keep_roll, preview, max_gap,
+        return _align_into(tmp, video, info, size, stab, keep_roll, preview, max_gap,
                            min_eye_dist, max_frames, resample, detect_long_side, refine, log)
 
 
@@ -131,7 +135,7 @@ def is_aligned_dir(path: str) -> bool:
     return {"frames.npy", FILE} <= names and names <= {"frames.npy", FILE, "preview.mp4"}
 
 
-def _align_into(tmp, video, info, size, center_sigma, axes_sigma, keep_roll, preview, max_gap, min_eye_dist,
+def _align_into(tmp, video, info, size, stab, keep_roll, preview, max_gap, min_eye_dist,
                 max_frames, resample, detect_long_side, refine, log):
     import collections
     import time
@@ -139,7 +143,7 @@ def _align_into(tmp, video, info, size, center_sigma, axes_sigma, keep_roll, pre
 
     from stylejax.io.video import FrameFileWriter
 
-    reach = max(int(4 * sg + 0.5) for sg in (center_sigma, axes_sigma, 0))
+    reach = stab.reach
     store = FrameFileWriter(os.path.join(tmp, "frames.npy"), size, size)
     writer = VideoWriter(os.path.join(tmp, "preview.mp4"), info.fps) if preview else None
     pool = ThreadPoolExecutor(max_workers=1)
@@ -164,8 +168,8 @@ def _align_into(tmp, video, info, size, center_sigma, axes_sigma, keep_roll, pre
             t, frame = pending.popleft()
             lo = max(0, t - 2 * reach)
             hi = len(c_raw) if final else upto + 1
-            c = smooth(np.asarray(c_raw[lo:hi]), center_sigma)[t - lo]
-            x = smooth(np.asarray(x_raw[lo:hi]), axes_sigma)[t - lo]
+            c, x = stab(np.asarray(c_raw[lo:hi]), np.asarray(x_raw[lo:hi]))
+            c, x = c[t - lo], x[t - lo]
             quad = quad_from_frame(c, level_axis(x) if keep_roll else x)
             level = quad_from_frame(c, x) if keep_roll else None
             in_flight.append(pool.submit(emit, t, frame, quad, level))
@@ -208,7 +212,7 @@ def _align_into(tmp, video, info, size, center_sigma, axes_sigma, keep_roll, pre
         timing["main_thread_cpu"] = time.thread_time() - cpu_start
         count = len(valid)
         landmarks_arr, valid_arr = np.stack(landmarks), np.asarray(valid)
-        tf = transforms_from_landmarks(landmarks_arr, valid_arr, center_sigma, axes_sigma, keep_roll)
+        tf = transforms_from_landmarks(landmarks_arr, valid_arr, keep_roll=keep_roll, stabiliser=stab)
         store.close()
         if writer is not None:
             writer.close()
@@ -219,7 +223,7 @@ def _align_into(tmp, video, info, size, center_sigma, axes_sigma, keep_roll, pre
                  valid=valid_arr, fps=np.float64(info.fps), frame_size=np.array(info.frame_size, np.int32),
                  size=np.int32(size), keep_roll=np.bool_(keep_roll), center=tf["center"].astype(np.float32),
                  x_axis=tf["x_axis"].astype(np.float32),
-                 sigmas=np.array([center_sigma, axes_sigma], np.float32))
+                 **stab.as_arrays())
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         store.abort()
@@ -273,8 +277,16 @@ def define_align_flags(fv):
     flags.DEFINE_string("video", None, "input video (anything ffmpeg reads)", flag_values=fv)
     flags.DEFINE_string("out", None, "output directory: frames.npy, transforms.npz [, preview.mp4]", flag_values=fv)
     flags.DEFINE_integer("size", 1024, "aligned crop size in px", flag_values=fv)
-    flags.DEFINE_float("center-sigma", 1.0, "temporal Gaussian σ (frames) for the crop centre; 0 disables", flag_values=fv)
-    flags.DEFINE_float("axes-sigma", 3.0, "temporal Gaussian σ (frames) for the crop axes; 0 disables", flag_values=fv)
+    flags.DEFINE_enum("stabiliser", None, list(METHODS),
+                      "temporal stabiliser of the crop: local quadratic fit with tricube weights (poly, default: "
+                      "follows fast head motion), the same with equal weights (savgol), the previous Gaussian "
+                      "(default when a σ is given), or none", flag_values=fv)
+    flags.DEFINE_integer("center-window", None, "poly/savgol window (odd, frames) for the centre (default 9)", flag_values=fv)
+    flags.DEFINE_integer("axes-window", None, "poly/savgol window (odd, frames) for scale and roll (default 19)",
+                         flag_values=fv)
+    flags.DEFINE_integer("order", None, "poly/savgol polynomial degree (default 2)", flag_values=fv)
+    flags.DEFINE_float("center-sigma", None, "gaussian σ (frames) for the crop centre (default 1; 0 disables)", flag_values=fv)
+    flags.DEFINE_float("axes-sigma", None, "gaussian σ (frames) for the crop axes (default 3; 0 disables)", flag_values=fv)
     flags.DEFINE_bool("keep-roll", False, "crops keep the head's roll (default: level eyes)", flag_values=fv)
     flags.DEFINE_bool("preview", False, "also write preview.mp4 with landmarks and crop quads", flag_values=fv)
     flags.DEFINE_integer("max-gap", 15, "interpolate over at most this many frames without a face", flag_values=fv)
@@ -299,8 +311,10 @@ def define_paste_flags(fv):
 
 def run_align(args):
     cli.require(args, "video", "out")
-    tf = align_video(args.video, args.out, size=args.size, center_sigma=args.center_sigma,
-                     axes_sigma=args.axes_sigma, keep_roll=args.keep_roll, preview=args.preview,
+    stab = make_stabiliser(args.stabiliser, center_window=args.center_window, axes_window=args.axes_window,
+                           order=args.order, center_sigma=args.center_sigma, axes_sigma=args.axes_sigma)
+    tf = align_video(args.video, args.out, size=args.size, stabiliser=stab, keep_roll=args.keep_roll,
+                     preview=args.preview,
                      max_gap=args.max_gap, min_eye_dist=args.min_eye_dist, max_frames=args.max_frames,
                      resample=args.resample, overwrite=args.overwrite, refine=0 if args.no_refine else 1,
                      log=(lambda msg: None) if args.json else log_stderr)
