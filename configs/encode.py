@@ -1,0 +1,60 @@
+"""Encoder settings (`python -m stylejax.encode --config configs/encode.py --config.attributes.steps=300`).
+
+Each stage reads its own section plus the shared top-level fields. Defaults target real FFHQ 1024 networks;
+`configs/encode_tiny.py` is the small-config variant the demo and tests use.
+"""
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.chunk_size = 0          # frames per optimisation chunk; 0 = auto (per backend and device count)
+    c.microbatch = 0          # frames per sequential group inside a step; 0 = auto (8 on CPU, whole chunk on GPU/TPU)
+    c.dtype = "float32"       # compute dtype of the generator convs during optimisation ("bfloat16" on GPU/TPU)
+    c.loss_size = 256         # images are compared at min(loss_size, generator resolution)
+
+    c.align = ml_collections.ConfigDict()
+    c.align.size = 0          # aligned crop size; 0 = the generator's resolution
+    c.align.max_gap = 15
+    c.align.stabiliser = "poly"
+
+    c.invert = ml_collections.ConfigDict()
+    c.invert.steps = 100      # W+ refinement steps after e4e (0 = e4e only)
+    c.invert.lr = 0.01
+    c.invert.lpips_weight = 1.0
+    c.invert.l2_weight = 1.0
+    c.invert.e4e_batch = 8    # frames per e4e call
+
+    c.select_id = ml_collections.ConfigDict()
+    c.select_id.max_yaw_deg = 10.0    # near-frontal: |landmark yaw| and |pitch| below these
+    c.select_id.max_pitch_deg = 10.0
+    c.select_id.frame = -1            # force the identity frame (>= 0)
+
+    c.head_pose = ml_collections.ConfigDict()
+    c.head_pose.steps = 60
+    c.head_pose.lr = 1.0              # degrees per Adam step (before decay)
+    c.head_pose.lpips_weight = 1.0
+    c.head_pose.l2_weight = 1.0
+    c.head_pose.rk4_steps = 8         # StyleFlow RK4 steps (README: error vs N)
+    c.head_pose.condition = "map"     # identity frame's StyleFlow condition: "map" (max. likelihood) or "zeros"
+    c.head_pose.condition_steps = 100
+    c.head_pose.landmark_init = True  # start from the landmark pose relative to the identity frame
+    c.head_pose.yaw_sign = 1.0        # landmark yaw/pitch -> StyleFlow yaw/pitch (unverified on real weights)
+    c.head_pose.pitch_sign = 1.0
+
+    c.attributes = ml_collections.ConfigDict()
+    c.attributes.steps = 100
+    c.attributes.lr = 0.05
+    c.attributes.channels = "default"  # "default" (configs/channels_ffhq1024.json at 1024), "auto", or a JSON file
+    c.attributes.num_channels = 32
+    c.attributes.lpips_weight = 1.0
+    c.attributes.l2_weight = 1.0
+    c.attributes.eye_weight = 2.0      # extra L2 weight on the eye regions (from the landmarks)
+    c.attributes.mouth_weight = 2.0    # extra L2 weight on the mouth region
+    c.attributes.id_weight = 0.0       # ArcFace identity loss (needs --arcface)
+    c.attributes.auto_samples = 256    # random samples for the channel spread in --channels auto
+
+    c.render = ml_collections.ConfigDict()
+    c.render.noise_mode = "const"
+    return c

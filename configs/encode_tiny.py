@@ -1,0 +1,23 @@
+"""Tiny-network settings for the CPU demo and tests: small images, fewer steps, LPIPS at the generator size."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import encode  # noqa: E402
+
+
+def get_config():
+    c = encode.get_config()
+    c.chunk_size = 0
+    c.invert.steps = 150
+    c.invert.lr = 0.02
+    c.head_pose.steps = 80
+    c.head_pose.lr = 1.0
+    c.head_pose.condition = "zeros"
+    c.select_id.max_yaw_deg = 2.0
+    c.select_id.max_pitch_deg = 2.0
+    c.attributes.steps = 150
+    c.attributes.lr = 0.05
+    c.attributes.eye_weight = 0.0
+    c.attributes.mouth_weight = 0.0
+    return c

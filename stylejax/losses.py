@@ -1,0 +1,21 @@
+"""Reconstruction losses of the encoder stages: per-frame LPIPS + (optionally region-weighted) L2 + ID."""
+import jax
+import jax.numpy as jnp
+
+
+def resize(images, size):
+    """[B,H,W,3] -> [B,size,size,3]; antialiased (triangle filter) when shrinking."""
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    return jax.image.resize(images, (images.shape[0], size, size, images.shape[-1]), "linear", antialias=True)
+
+
+def reconstruction(pred, target, lpips, lpips_weight=1.0, l2_weight=1.0, weights=None, dtype=None):
+    """Per-frame loss [B] between images in [-1, 1] of equal size: l2_weight · mean(w · (pred - target)²)
+    + lpips_weight · LPIPS(pred, target). `weights` [B,H,W] (mean ≈ 1) emphasises regions in the L2 term."""
+    sq = jnp.mean((pred - target) ** 2, axis=-1)
+    l2 = jnp.mean(sq if weights is None else sq * weights, axis=(1, 2))
+    loss = l2_weight * l2
+    if lpips_weight:
+        loss = loss + lpips_weight * lpips(pred, target, dtype)
+    return loss

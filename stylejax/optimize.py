@@ -1,0 +1,81 @@
+"""The per-frame optimiser shared by the invert, head-pose and attribute stages.
+
+Every frame of a chunk is its own problem (parameters `[T, ...]`, loss `[T]`). The objective of one step is
+the *sum* of the per-frame losses and Adam is element-wise, so each frame follows exactly the trajectory it
+would follow alone: results do not depend on the chunk size or the device count, and one jitted step does
+all frames at once (no Python loop over frames).
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from stylejax.errors import UserError
+
+
+class NonFiniteLossError(UserError):
+    """An optimisation produced NaN or inf."""
+
+
+def adam(lr, steps):
+    """Adam with a cosine decay to 10% of `lr` over `steps` (stable final iterates for the encoding)."""
+    return optax.adam(optax.cosine_decay_schedule(lr, max(int(steps), 1), alpha=0.1))
+
+
+def per_frame_losses(loss_fn, params, nets, batch, microbatch):
+    """loss_fn(params, nets, batch) -> [T]. With `microbatch` m (dividing T) the frames are evaluated in
+    sequential groups of m inside the same program (`lax.map`), which is faster on CPU for large T."""
+    t = jax.tree_util.tree_leaves(batch)[0].shape[0]
+    if not microbatch or microbatch >= t or t % microbatch:
+        return loss_fn(params, nets, batch)
+    groups = lambda tree: jax.tree_util.tree_map(lambda a: a.reshape((t // microbatch, microbatch) + a.shape[1:]), tree)
+    out = jax.lax.map(lambda pb: loss_fn(pb[0], nets, pb[1]), (groups(params), groups(batch)))
+    return out.reshape(t)
+
+
+def make_step(loss_fn, optimizer, microbatch=0):
+    """(params, opt_state, nets, batch) -> (params, opt_state, per-frame loss [T]); `batch["mask"]` [T]
+    zeroes padded frames. Jit it once per stage (the caller chooses shardings and donation)."""
+    def total(params, nets, batch):
+        per = per_frame_losses(loss_fn, params, nets, batch, microbatch)
+        return jnp.sum(per * batch["mask"]), per
+
+    def step(params, opt_state, nets, batch):
+        (_, per), grads = jax.value_and_grad(total, has_aux=True)(params, nets, batch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, per
+
+    return step
+
+
+class Optimiser:
+    """Runs `steps` Adam steps of a per-frame loss on chunks; compiles once per chunk shape."""
+
+    def __init__(self, loss_fn, lr, steps, microbatch=0, mesh=None):
+        self.steps = int(steps)
+        self.optimizer = adam(lr, steps)
+        step = make_step(loss_fn, self.optimizer, microbatch)
+        self._step = jax.jit(step, donate_argnums=(0, 1))
+        self._loss = jax.jit(lambda params, nets, batch: per_frame_losses(loss_fn, params, nets, batch, microbatch))
+        self.mesh = mesh
+
+    def run(self, params, nets, batch, stage="optimisation", bar=None):
+        """Returns (params, per-frame loss of the final params) as numpy arrays."""
+        opt_state = self.optimizer.init(params)
+        for _ in range(self.steps):
+            params, opt_state, _ = self._step(params, opt_state, nets, batch)
+            if bar is not None:
+                bar.update(1)
+        loss = np.asarray(self._loss(params, nets, batch))
+        check_finite(loss, np.asarray(batch["mask"]), stage)
+        return jax.tree_util.tree_map(np.asarray, params), loss
+
+    def loss(self, params, nets, batch):
+        return np.asarray(self._loss(params, nets, batch))
+
+
+def check_finite(loss, mask, stage):
+    bad = np.flatnonzero(~np.isfinite(loss) & (mask > 0))
+    if len(bad):
+        raise NonFiniteLossError(f"{stage}: non-finite loss at {len(bad)} frame(s) of the chunk (first: chunk "
+                                 f"frame {bad[0]}); lower the stage's learning rate or check the networks")

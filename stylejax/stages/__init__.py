@@ -1,0 +1,1 @@
+"""Encoder stages, one module each (contract: README.md in this folder)."""

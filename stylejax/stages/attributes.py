@@ -1,0 +1,174 @@
+"""Stage `attributes`: 32 StyleSpace channel offsets per frame.
+
+The offsets are added to the chosen channels of the styles of the frame's head-adjusted latent and optimised
+against the aligned frame: L2 (optionally weighted up on the eyes and mouth, from the landmarks) + LPIPS
+(+ optional ArcFace identity loss); all frames of a chunk in one jitted step.
+
+Channels (`config.attributes.channels`): "default" = `configs/channels_ffhq1024.json` (FFHQ config-f 1024;
+for any other generator "default" means "auto"), "auto" = the channels that vary most across this video's
+per-frame inversions, each channel's standard deviation over the frames divided by its standard deviation
+over random samples of the generator, within the face-region pool (the JSON's mouth/eye/eyebrow pool at
+FFHQ 1024, every conv-layer channel otherwise), or a JSON file {"channels": [...]}.
+Outputs: `attributes/offsets.npy` [T, K], `attributes/channels.json`, `attributes/loss.npy` [T].
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stylejax import cli, losses, parallel
+from stylejax.io import atomic
+from stylejax.optimize import Optimiser
+from stylejax.nets.stylespace import channel_to_flat_index, flat_index_to_channel, flatten_styles, unflatten_styles
+from stylejax.pipeline import PipelineError, signature
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_CHANNELS = os.path.join(REPO, "configs", "channels_ffhq1024.json")
+
+
+def apply_offsets(g, ws, offsets, flat_index):
+    """Styles of ws [T, num_ws, w_dim] with offsets [T, K] added at flat StyleSpace indices [K]."""
+    flat = flatten_styles(g.styles_from_ws(ws))
+    return unflatten_styles(flat.at[:, flat_index].add(offsets), g.config)
+
+
+def loss_fn(config, loss_size, dtype, flat_index, use_weights, use_id):
+    def loss(params, nets, batch):
+        g = nets["generator"]
+        styles = apply_offsets(g, batch["ws"], params["offsets"], flat_index)
+        img = losses.resize(g.synthesize_from_styles(styles, "const", dtype=dtype), loss_size)
+        out = losses.reconstruction(img, batch["target"], nets["lpips"], config.lpips_weight, config.l2_weight,
+                                    batch["weights"] if use_weights else None)
+        if use_id:
+            out = out + config.id_weight * nets["arcface"].id_loss_per_sample(img, batch["target"])
+        return out
+    return loss
+
+
+def is_ffhq_1024(gconfig):
+    from stylejax.nets.generator import GeneratorConfig
+
+    return gconfig == GeneratorConfig()
+
+
+def channel_pool(gconfig):
+    """Flat indices the channel choice may use."""
+    if is_ffhq_1024(gconfig):
+        pool = json.load(open(DEFAULT_CHANNELS))["pool"]
+        return np.array(sorted({channel_to_flat_index(n, gconfig) for names in pool.values() for n in names}))
+    idx, start = [], 0
+    for _, _, dim, is_torgb in gconfig.style_layers():
+        if not is_torgb:
+            idx.extend(range(start, start + dim))
+        start += dim
+    return np.array(idx)
+
+
+def auto_channels(g, ws_frames, num_channels, samples, seed=0):
+    """The `num_channels` pool channels whose spread over the video's frames is largest relative to their
+    spread over random generator samples."""
+    flat_video = np.asarray(flatten_styles(jax.jit(lambda g, w: g.styles_from_ws(w))(g, jnp.asarray(ws_frames))))
+    z = jax.random.normal(jax.random.PRNGKey(seed), (int(samples), g.config.z_dim))
+    flat_random = np.asarray(flatten_styles(jax.jit(lambda g, z: g.styles_from_ws(g.mapping(z)))(g, z)))
+    score = flat_video.std(axis=0) / (flat_random.std(axis=0) + 1e-8)
+    pool = channel_pool(g.config)
+    if len(pool) < num_channels:
+        raise PipelineError(f"the generator has only {len(pool)} channels to choose from, fewer than "
+                            f"--config.attributes.num_channels={num_channels}")
+    chosen = pool[np.argsort(-score[pool], kind="stable")[:num_channels]]
+    return [flat_index_to_channel(int(i), g.config) for i in sorted(chosen)]
+
+
+def resolve_channels(spec, g, wd, num_channels, samples):
+    gconfig = g.config
+    if spec == "default" and is_ffhq_1024(gconfig):
+        spec = DEFAULT_CHANNELS
+    if spec in ("default", "auto"):
+        return auto_channels(g, np.asarray(wd.load("invert", "ws.npy")), num_channels, samples), "auto"
+    data = atomic.read_json(spec, "channel list")
+    names = data.get("channels") if isinstance(data, dict) else data
+    if not isinstance(names, list) or not names:
+        raise PipelineError(f"{spec}: expected a JSON list of channel names or {{\"channels\": [...]}}")
+    try:
+        [channel_to_flat_index(n, gconfig) for n in names]
+    except (ValueError, IndexError, KeyError) as e:
+        raise PipelineError(f"{spec}: channel list does not fit this generator ({e})") from None
+    return list(names), os.path.basename(spec)
+
+
+def run(ctx):
+    cfg, wd = ctx.config.attributes, ctx.workdir
+    sig = signature(ctx, "attributes", ctx.nets.fingerprint("generator"), ctx.nets.fingerprint("lpips"),
+                    ctx.nets.fingerprint("arcface") if cfg.id_weight else None)
+    if wd.is_done("attributes", sig):
+        return
+    g = ctx.nets.generator
+    t = ctx.num_frames
+    use_id = bool(cfg.id_weight)
+    if use_id and ctx.nets.arcface is None:
+        raise PipelineError("--config.attributes.id_weight > 0 needs an ArcFace network: pass --arcface DIR")
+    wd.begin("attributes", sig, ctx.chunk)
+    ch_path = wd.file("attributes", "channels.json")
+    if os.path.isfile(ch_path):
+        channels = atomic.read_json(ch_path)["channels"]
+    else:
+        channels, source = resolve_channels(cfg.channels, g, wd, int(cfg.num_channels), int(cfg.auto_samples))
+        atomic.write_json(ch_path, {"channels": channels, "source": source})
+    flat_index = np.array([channel_to_flat_index(n, g.config) for n in channels])
+    weights_all = region_weights(wd, t, ctx.loss_size, cfg)
+    use_weights = weights_all is not None
+
+    off_out = wd.array("attributes", "offsets.npy", (t, len(channels)))
+    loss_out = wd.array("attributes", "loss.npy", (t,))
+    ws_pose = wd.load("head_pose", "ws_pose.npy")
+    dtype = jnp.dtype(ctx.config.dtype)
+    nets = {"generator": g, "lpips": ctx.nets.lpips}
+    if use_id:
+        nets["arcface"] = ctx.nets.arcface
+    nets = parallel.replicate(nets, ctx.mesh)
+    opt = Optimiser(loss_fn(cfg, ctx.loss_size, dtype, flat_index, use_weights, use_id), cfg.lr, cfg.steps,
+                    ctx.microbatch)
+    resize = jax.jit(losses.resize, static_argnums=1)
+    chunks = ctx.chunks()
+    bar = cli.progress(total=len(chunks) * int(cfg.steps), desc="attributes", unit="step")
+    for lo, hi in chunks:
+        if wd.chunk_done("attributes", lo):
+            bar.update(int(cfg.steps))
+            continue
+        host = {"frames": ctx.target(lo, hi), "ws": np.asarray(ws_pose[lo:hi])}
+        if use_weights:
+            host["weights"] = weights_all[lo:hi]
+        host, mask = parallel.pad_frames(host, ctx.chunk)
+        frames = host.pop("frames")
+        batch = parallel.shard_frames({**host, "target": np.asarray(resize(jnp.asarray(frames), ctx.loss_size)),
+                                       "mask": mask}, ctx.mesh)
+        params = parallel.shard_frames({"offsets": np.zeros((ctx.chunk, len(channels)), np.float32)}, ctx.mesh)
+        params, loss = opt.run(params, nets, batch, stage="attributes", bar=bar)
+        n = hi - lo
+        off_out[lo:hi] = params["offsets"][:n]
+        loss_out[lo:hi] = loss[:n]
+        off_out.flush(), loss_out.flush()
+        wd.mark_chunk("attributes", lo)
+    bar.close()
+    wd.mark_done("attributes", sig, frames=t, channels=channels, mean_loss=float(np.mean(loss_out)))
+    ctx.log(f"[attributes] {len(channels)} channels, |offset| max {float(np.abs(off_out).max()):.3f}; mean loss "
+            f"{float(np.mean(loss_out)):.4f}")
+
+
+def region_weights(wd, t, size, cfg):
+    """[T, L, L] loss weights from the landmarks (None when off or without landmarks)."""
+    if not (cfg.eye_weight or cfg.mouth_weight):
+        return None
+    from stylejax.regions import landmarks_to_crop, region_weights as weights
+
+    tf = wd.transforms()
+    if "landmarks" not in tf or len(tf["landmarks"]) != t or "size" not in tf:
+        return None
+    crop = landmarks_to_crop(np.asarray(tf["landmarks"], np.float64), np.asarray(tf["quad"], np.float64),
+                             int(tf["size"])) * (size / float(tf["size"]))
+    return np.asarray(weights(crop, size, float(cfg.eye_weight), float(cfg.mouth_weight), 0.02), np.float32)
+
+
+

@@ -1,0 +1,156 @@
+"""Stage `render`: encoding -> frames at the generator's resolution, roll re-applied; optional paste-back into
+the original video and a side-by-side with the aligned input and an error map. Also the re-synthesis
+metrics of `encode` (PSNR, SSIM, LPIPS, identity similarity against the aligned input).
+"""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stylejax import cli, losses, metrics
+from stylejax.nets.stylespace import channel_to_flat_index
+from stylejax.stages.attributes import apply_offsets
+from stylejax.stages.head_pose import pose_latents
+
+
+def make_renderer(enc, g, noise_mode="const", dtype=jnp.float32):
+    """A jitted (g, flow, yaw [B], pitch [B], offsets [B,K]) -> images [B, res, res, 3] in about [-1, 1]."""
+    flat_index = np.array([channel_to_flat_index(n, g.config) for n in enc.channels])
+    id_latent = jnp.asarray(enc.id_latent)
+    cond = jnp.asarray(np.asarray(enc.settings["cond_src"], np.float32))
+    steps = int(enc.settings.get("rk4_steps", 8))
+
+    @jax.jit
+    def render(g, flow, yaw, pitch, offsets):
+        ws = pose_latents(flow, id_latent, cond, yaw, pitch, steps)
+        return g.synthesize_from_styles(apply_offsets(g, ws, offsets, flat_index), noise_mode, dtype=dtype)
+    return render
+
+
+def iter_renders(enc, g, flow, chunk=8):
+    """Yields (lo, hi, images [B, res, res, 3] float32) of the level (roll-free) re-synthesis."""
+    render = make_renderer(enc, g, enc.settings.get("noise_mode", "const"))
+    pose, off = enc.pose_deg.astype(np.float32), enc.offsets.astype(np.float32)
+    for lo in range(0, enc.num_frames, chunk):
+        hi = min(lo + chunk, enc.num_frames)
+        yield lo, hi, np.asarray(render(g, flow, jnp.asarray(pose[lo:hi, 0]), jnp.asarray(pose[lo:hi, 1]),
+                                        jnp.asarray(off[lo:hi])))
+
+
+def to_uint8(images):
+    return np.clip(np.rint((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def apply_roll(image, roll_deg):
+    """Rotates an image [S, S, 3] about its centre by roll_deg (positive = clockwise on screen, the alignment's
+    convention), re-applying the head's roll relative to the identity frame."""
+    import cv2
+
+    if abs(float(roll_deg)) < 1e-6:
+        return image
+    s = image.shape[0]
+    m = cv2.getRotationMatrix2D(((s - 1) / 2.0, (s - 1) / 2.0), -float(roll_deg), 1.0)
+    return cv2.warpAffine(image, m, (s, s), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
+
+
+def error_map(a, b):
+    """|a - b| of uint8 images as a heat map (x4 gain, inferno-like via OpenCV's colormap)."""
+    import cv2
+
+    err = np.abs(a.astype(np.int16) - b.astype(np.int16)).mean(axis=-1)
+    heat = cv2.applyColorMap(np.clip(err * 4, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
+    return heat[..., ::-1]
+
+
+def evaluate(enc, nets, workdir, config, chunk=8):
+    """Re-synthesis from `enc` (as saved: float16 parameters) against the aligned frames: mean PSNR, SSIM,
+    LPIPS, and ArcFace identity similarity when an ArcFace network is loaded."""
+    frames = workdir.frames()
+    size = frames.shape[1]
+    loss_size = min(int(config.loss_size), nets.generator.config.resolution)
+    score = jax.jit(lambda lp, a, b: (metrics.psnr(a, b), metrics.ssim(a, b)))
+    lp_fn = jax.jit(lambda lp, a, b: lp(losses.resize(a, loss_size), losses.resize(b, loss_size)))
+    id_fn = jax.jit(lambda af, a, b: 1.0 - af.id_loss_per_sample(a, b))
+    psnr, ssim, lp, ids = [], [], [], []
+    for lo, hi, img in iter_renders(enc, nets.generator, nets.styleflow, chunk):
+        target = frames[lo:hi].astype(np.float32) / 127.5 - 1.0
+        if img.shape[1] != size:
+            img = np.asarray(losses.resize(jnp.asarray(img), size))
+        p, s = score(None, jnp.asarray(img), jnp.asarray(target))
+        psnr.append(np.asarray(p)), ssim.append(np.asarray(s))
+        lp.append(np.asarray(lp_fn(nets.lpips, jnp.asarray(img), jnp.asarray(target))))
+        if nets.arcface is not None:
+            ids.append(np.asarray(id_fn(nets.arcface, jnp.asarray(img), jnp.asarray(target))))
+    psnr = np.concatenate(psnr)
+    finite = psnr[np.isfinite(psnr)]
+    return {"psnr_db": float(np.mean(finite)) if len(finite) else float("inf"),
+            "psnr_db_min": float(np.min(psnr)), "ssim": float(np.mean(np.concatenate(ssim))),
+            "lpips": float(np.mean(np.concatenate(lp))),
+            "identity_similarity": float(np.mean(np.concatenate(ids))) if ids else None}
+
+
+def render_video(enc, g, flow, out, paste_back=None, side_by_side=None, aligned=None, overwrite=False, chunk=8,
+                 mask="ellipse", feather=0.04):
+    """Writes `out` (mp4). `paste_back`: the original video, composited through the encoding's quads.
+    `side_by_side`: a second mp4 with the aligned input, the re-synthesis and an error map (needs `aligned`,
+    the aligned frames [T, S, S, 3]). Returns the number of frames written."""
+    from stylejax.align.warp import face_mask, paste_back as paste
+    from stylejax.io import atomic
+    from stylejax.io.video import VideoError, VideoWriter, iter_frames, probe
+
+    real_out = atomic.resolve_output(out, "--out")
+    atomic.check_not_input(real_out, [paste_back, aligned if isinstance(aligned, str) else None], "--out")
+    if os.path.exists(real_out) and not overwrite:
+        raise VideoError(f"--out {real_out} already exists; choose another path or pass --overwrite")
+    if paste_back is not None:
+        if enc.quad is None:
+            raise VideoError("this encoding has no alignment transforms: paste-back needs an encoding made from a "
+                             "video with `python -m stylejax.encode --video`")
+        info = probe(paste_back)
+        if enc.frame_size is not None and tuple(enc.frame_size) != tuple(info.frame_size):
+            raise VideoError(f"--paste-back {paste_back} is {info.frame_size[0]}x{info.frame_size[1]} but the encoding "
+                             f"was made from a {enc.frame_size[0]}x{enc.frame_size[1]} video")
+        originals = iter_frames(paste_back, info)
+    sbs_writer = None
+    if side_by_side:
+        if aligned is None:
+            raise VideoError("--side-by-side needs the aligned input frames (the encode work directory)")
+        frames_in = np.load(aligned, mmap_mode="r") if isinstance(aligned, str) else aligned
+        sbs_writer = VideoWriter(side_by_side, enc.fps)
+    n, face = 0, None
+    bar = cli.progress(total=enc.num_frames, desc="render", unit="frame")
+    try:
+        with VideoWriter(real_out, enc.fps) as writer:
+            for lo, hi, images in iter_renders(enc, g, flow, chunk):
+                for i, img in enumerate(to_uint8(images)):
+                    t = lo + i
+                    if paste_back is not None:
+                        frame = next(originals, None)
+                        if frame is None:
+                            raise VideoError(f"--paste-back {paste_back} has fewer frames ({t}) than the encoding "
+                                             f"({enc.num_frames})")
+                        if face is None:
+                            face = face_mask(img.shape[0], mask, feather)
+                        writer.write(paste(frame, img, enc.quad[t], face))
+                    else:
+                        writer.write(apply_roll(img, enc.pose_deg[t, 2]))
+                    if sbs_writer is not None:
+                        ref = np.asarray(frames_in[t])
+                        if ref.shape[0] != img.shape[0]:
+                            import cv2
+                            ref = cv2.resize(ref, img.shape[:2][::-1], interpolation=cv2.INTER_AREA)
+                        sbs_writer.write(np.concatenate([ref, img, error_map(img, ref)], axis=1))
+                    n += 1
+                    bar.update(1)
+        if sbs_writer is not None:
+            sbs_writer.close()
+    except BaseException:
+        if sbs_writer is not None:
+            sbs_writer.abort()
+        raise
+    finally:
+        bar.close()
+        if paste_back is not None:
+            originals.close()
+    return n
