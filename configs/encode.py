@@ -20,7 +20,8 @@ def get_config():
     c.align.stabiliser = "poly"
 
     c.invert = ml_collections.ConfigDict()
-    c.invert.steps = 100      # W+ refinement steps after e4e (0 = e4e only)
+    c.invert.space = "w+"     # "w+": refine e4e's W+; "w": one W vector per frame (PTI's pivot projection)
+    c.invert.steps = 100      # refinement steps after e4e (0 = e4e only)
     c.invert.lr = 0.01
     c.invert.lpips_weight = 1.0
     c.invert.l2_weight = 1.0
@@ -46,6 +47,8 @@ def get_config():
     c.attributes = ml_collections.ConfigDict()
     c.attributes.steps = 100
     c.attributes.lr = 0.05
+    c.attributes.refine_pose = True    # refine yaw/pitch jointly with the offsets (from the head_pose values)
+    c.attributes.pose_lr = 0.2         # degrees per Adam step for that refinement
     c.attributes.channels = "default"  # "default" (configs/channels_ffhq1024.json at 1024), "auto", or a JSON file
     c.attributes.num_channels = 32
     c.attributes.lpips_weight = 1.0

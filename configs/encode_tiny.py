@@ -9,8 +9,10 @@ import encode  # noqa: E402
 def get_config():
     c = encode.get_config()
     c.chunk_size = 0
-    c.invert.steps = 150
-    c.invert.lr = 0.02
+    c.invert.space = "w"      # the demo's identity is a W latent: W projection recovers it exactly
+    c.invert.steps = 300
+    c.invert.lr = 0.1
+    c.invert.lpips_weight = 0.1  # LPIPS-Alex sees little at 32 px; L2 pins the exact projection
     c.head_pose.steps = 80
     c.head_pose.lr = 1.0
     c.head_pose.condition = "zeros"

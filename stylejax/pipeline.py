@@ -333,7 +333,7 @@ def assemble(ctx):
 
     wd, g = ctx.workdir, ctx.nets.generator
     ident = atomic.read_json(wd.file("select_id", "id.json"))
-    pose = np.asarray(wd.load("head_pose", "pose.npy"))
+    pose = np.asarray(wd.load("attributes", "pose.npy"))
     offsets = np.asarray(wd.load("attributes", "offsets.npy"))
     channels = atomic.read_json(wd.file("attributes", "channels.json"))["channels"]
     cond = np.asarray(wd.load("head_pose", "cond_src.npy"))

@@ -2,14 +2,17 @@
 
 The offsets are added to the chosen channels of the styles of the frame's head-adjusted latent and optimised
 against the aligned frame: L2 (optionally weighted up on the eyes and mouth, from the landmarks) + LPIPS
-(+ optional ArcFace identity loss); all frames of a chunk in one jitted step.
+(+ optional ArcFace identity loss); all frames of a chunk in one jitted step. With `refine_pose` (default)
+yaw and pitch are refined jointly with the offsets, from the head_pose stage's values: estimated one after
+the other, each would absorb what the other explains (pose fitted while expression is still unmodelled).
 
 Channels (`config.attributes.channels`): "default" = `configs/channels_ffhq1024.json` (FFHQ config-f 1024;
 for any other generator "default" means "auto"), "auto" = the channels that vary most across this video's
 per-frame inversions, each channel's standard deviation over the frames divided by its standard deviation
 over random samples of the generator, within the face-region pool (the JSON's mouth/eye/eyebrow pool at
 FFHQ 1024, every conv-layer channel otherwise), or a JSON file {"channels": [...]}.
-Outputs: `attributes/offsets.npy` [T, K], `attributes/channels.json`, `attributes/loss.npy` [T].
+Outputs: `attributes/offsets.npy` [T, K], `attributes/pose.npy` [T, 3] (the final yaw, pitch, roll),
+`attributes/channels.json`, `attributes/loss.npy` [T].
 """
 import json
 import os
@@ -23,6 +26,7 @@ from stylejax.io import atomic
 from stylejax.optimize import Optimiser
 from stylejax.nets.stylespace import channel_to_flat_index, flat_index_to_channel, flatten_styles, unflatten_styles
 from stylejax.pipeline import PipelineError, signature
+from stylejax.stages.head_pose import pose_latents
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CHANNELS = os.path.join(REPO, "configs", "channels_ffhq1024.json")
@@ -34,10 +38,15 @@ def apply_offsets(g, ws, offsets, flat_index):
     return unflatten_styles(flat.at[:, flat_index].add(offsets), g.config)
 
 
-def loss_fn(config, loss_size, dtype, flat_index, use_weights, use_id):
+def loss_fn(config, loss_size, dtype, flat_index, use_weights, use_id, rk4_steps):
     def loss(params, nets, batch):
         g = nets["generator"]
-        styles = apply_offsets(g, batch["ws"], params["offsets"], flat_index)
+        if "yaw" in params:  # joint refinement of the pose with the offsets
+            ws = pose_latents(nets["styleflow"], nets["id_latent"], nets["cond_src"], params["yaw"], params["pitch"],
+                              rk4_steps)
+        else:
+            ws = batch["ws"]
+        styles = apply_offsets(g, ws, params["offsets"], flat_index)
         img = losses.resize(g.synthesize_from_styles(styles, "const", dtype=dtype), loss_size)
         out = losses.reconstruction(img, batch["target"], nets["lpips"], config.lpips_weight, config.l2_weight,
                                     batch["weights"] if use_weights else None)
@@ -122,14 +131,21 @@ def run(ctx):
 
     off_out = wd.array("attributes", "offsets.npy", (t, len(channels)))
     loss_out = wd.array("attributes", "loss.npy", (t,))
+    pose_out = wd.array("attributes", "pose.npy", (t, 3))
     ws_pose = wd.load("head_pose", "ws_pose.npy")
+    pose_in = wd.load("head_pose", "pose.npy")
+    refine = bool(cfg.refine_pose)
     dtype = jnp.dtype(ctx.config.dtype)
     nets = {"generator": g, "lpips": ctx.nets.lpips}
     if use_id:
         nets["arcface"] = ctx.nets.arcface
+    if refine:
+        nets.update(styleflow=ctx.nets.styleflow, id_latent=jnp.asarray(wd.load("select_id", "id_latent.npy")),
+                    cond_src=jnp.asarray(np.load(wd.file("head_pose", "cond_src.npy"))))
     nets = parallel.replicate(nets, ctx.mesh)
-    opt = Optimiser(loss_fn(cfg, ctx.loss_size, dtype, flat_index, use_weights, use_id), cfg.lr, cfg.steps,
-                    ctx.microbatch)
+    lr = {"offsets": cfg.lr, "yaw": cfg.pose_lr, "pitch": cfg.pose_lr} if refine else cfg.lr
+    opt = Optimiser(loss_fn(cfg, ctx.loss_size, dtype, flat_index, use_weights, use_id,
+                            int(ctx.config.head_pose.rk4_steps)), lr, cfg.steps, ctx.microbatch)
     resize = jax.jit(losses.resize, static_argnums=1)
     chunks = ctx.chunks()
     bar = cli.progress(total=len(chunks) * int(cfg.steps), desc="attributes", unit="step")
@@ -137,19 +153,23 @@ def run(ctx):
         if wd.chunk_done("attributes", lo):
             bar.update(int(cfg.steps))
             continue
-        host = {"frames": ctx.target(lo, hi), "ws": np.asarray(ws_pose[lo:hi])}
+        host = {"frames": ctx.target(lo, hi), "ws": np.asarray(ws_pose[lo:hi]),
+                "pose": np.asarray(pose_in[lo:hi], np.float32)}
         if use_weights:
             host["weights"] = weights_all[lo:hi]
         host, mask = parallel.pad_frames(host, ctx.chunk)
-        frames = host.pop("frames")
+        frames, pose = host.pop("frames"), host.pop("pose")
         batch = parallel.shard_frames({**host, "target": np.asarray(resize(jnp.asarray(frames), ctx.loss_size)),
                                        "mask": mask}, ctx.mesh)
-        params = parallel.shard_frames({"offsets": np.zeros((ctx.chunk, len(channels)), np.float32)}, ctx.mesh)
-        params, loss = opt.run(params, nets, batch, stage="attributes", bar=bar)
+        start = {"offsets": np.zeros((ctx.chunk, len(channels)), np.float32)}
+        if refine:
+            start.update(yaw=pose[:, 0], pitch=pose[:, 1])
+        params, loss = opt.run(parallel.shard_frames(start, ctx.mesh), nets, batch, stage="attributes", bar=bar)
         n = hi - lo
         off_out[lo:hi] = params["offsets"][:n]
+        pose_out[lo:hi] = np.stack([params["yaw"][:n], params["pitch"][:n], pose[:n, 2]], 1) if refine else pose[:n]
         loss_out[lo:hi] = loss[:n]
-        off_out.flush(), loss_out.flush()
+        off_out.flush(), loss_out.flush(), pose_out.flush()
         wd.mark_chunk("attributes", lo)
     bar.close()
     wd.mark_done("attributes", sig, frames=t, channels=channels, mean_loss=float(np.mean(loss_out)))

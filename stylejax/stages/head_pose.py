@@ -1,8 +1,8 @@
 """Stage `head_pose`: per-frame yaw and pitch through the StyleFlow pose edit of the identity latent, roll
 from the alignment.
 
-For frame t, ws_t = StyleFlow.pose_edit(id_latent, cond_src, yaw = src_yaw + yaw_t, pitch = src_pitch +
-pitch_t) (rows 0-3 edited, as StyleFlow does for pose), and (yaw_t, pitch_t) minimise LPIPS + L2 between
+For frame t, ws_t = the StyleFlow pose edit of the identity latent from cond_src to yaw = src_yaw + yaw_t,
+pitch = src_pitch + pitch_t (rows 0-3 edited, as StyleFlow does for pose; see `pose_latents`), and (yaw_t, pitch_t) minimise LPIPS + L2 between
 G(ws_t) and the aligned frame; all frames of a chunk in one jitted step. They start from the landmark pose
 relative to the identity frame. Yaw and pitch are stored relative to the identity frame (the identity
 renders at 0, 0), so an encoding can drive another face.
@@ -33,12 +33,20 @@ COND_DIM = 17
 
 
 def pose_latents(flow, id_latent, cond_src, yaw_deg, pitch_deg, rk4_steps):
-    """Head-adjusted latents [T, num_ws, w_dim] for relative yaw/pitch [T] (degrees)."""
+    """Head-adjusted latents [T, num_ws, w_dim] for relative yaw/pitch [T] (degrees).
+
+    StyleFlow's edit w' = R(F(w, c_src), c_tgt) on rows 0-3, applied as w + R(z, c_tgt) - R(z, c_src) with
+    z = F(w, c_src): identical for an exact ODE solve (R(F(w, c), c) = w), and with RK4 it cancels the
+    solver's round-trip error, so a zero edit returns the identity latent exactly (the identity frame
+    renders as its own inversion)."""
     t = yaw_deg.shape[0]
     ws = jnp.broadcast_to(id_latent, (t,) + id_latent.shape)
     cond = jnp.broadcast_to(cond_src, (t, COND_DIM))
-    return flow.pose_edit(ws, cond, yaw_deg=cond[:, YAW_INDEX] + yaw_deg, pitch_deg=cond[:, PITCH_INDEX] + pitch_deg,
-                          rows=POSE_ROWS, solver="rk4", steps=rk4_steps)
+    target = cond.at[:, YAW_INDEX].add(yaw_deg).at[:, PITCH_INDEX].add(pitch_deg)
+    rows = ws[:, POSE_ROWS]
+    z = flow.forward(rows, cond, solver="rk4", steps=rk4_steps)
+    delta = flow.reverse(z, target, solver="rk4", steps=rk4_steps) - flow.reverse(z, cond, solver="rk4", steps=rk4_steps)
+    return ws.at[:, POSE_ROWS].add(delta)
 
 
 def loss_fn(config, loss_size, dtype):

@@ -1,5 +1,7 @@
-"""Stage `invert`: e4e on every aligned frame, then W+ refinement by optimisation (LPIPS + L2 at the loss
-size), all frames of a chunk in one jitted step.
+"""Stage `invert`: e4e on every aligned frame, then refinement by optimisation (LPIPS + L2 at the loss
+size), all frames of a chunk in one jitted step. `config.invert.space`: "w+" refines e4e's W+ (default);
+"w" optimises one W vector per frame (started from the mean of e4e's rows, broadcast to all rows), the
+better-determined projection PTI uses for its pivots.
 
 Outputs: `invert/ws.npy` [T, num_ws, w_dim], `invert/loss.npy` [T].
 """
@@ -14,10 +16,20 @@ from stylejax.pipeline import signature
 E4E_SIZE = 256  # e4e's input resolution (its map2style depths assume 256² inputs)
 
 
+def latents(params, num_ws):
+    """W+ [T, num_ws, w_dim] from the optimised parameters: {"ws": W+} or {"w": [T, w_dim]} (W space)."""
+    if "ws" in params:
+        return params["ws"]
+    w = params["w"]
+    return jnp.broadcast_to(w[:, None], (w.shape[0], num_ws, w.shape[-1]))
+
+
 def loss_fn(config, loss_size, dtype):
-    """Per-frame W+ reconstruction loss: params {"ws": [T, num_ws, w_dim]}, batch {"target": [T, L, L, 3]}."""
+    """Per-frame reconstruction loss: params {"ws": [T, num_ws, w_dim]} (or {"w": [T, w_dim]}), batch
+    {"target": [T, L, L, 3]}."""
     def loss(params, nets, batch):
-        img = nets["generator"].synthesize(params["ws"], "const", dtype=dtype)
+        g = nets["generator"]
+        img = g.synthesize(latents(params, g.config.num_ws), "const", dtype=dtype)
         return losses.reconstruction(losses.resize(img, loss_size), batch["target"], nets["lpips"],
                                      config.lpips_weight, config.l2_weight)
     return loss
@@ -39,6 +51,10 @@ def run(ctx):
         return
     g = ctx.nets.generator
     t = ctx.num_frames
+    space = str(cfg.space).lower()
+    if space not in ("w+", "w"):
+        from stylejax.pipeline import PipelineError
+        raise PipelineError(f"--config.invert.space must be 'w+' or 'w', got {cfg.space!r}")
     wd.begin("invert", sig, ctx.chunk)
     ws_out = wd.array("invert", "ws.npy", (t, g.config.num_ws, g.config.w_dim))
     loss_out = wd.array("invert", "loss.npy", (t,))
@@ -59,7 +75,8 @@ def run(ctx):
         batch = {"target": resize(frames, ctx.loss_size), "mask": parallel.shard_frames(mask, ctx.mesh)}
         step = max(1, int(cfg.e4e_batch))
         ws0 = jnp.concatenate([e4e_fn(e4e, frames[i:i + step]) for i in range(0, ctx.chunk, step)])
-        params = parallel.shard_frames({"ws": ws0}, ctx.mesh)
+        start = {"ws": ws0} if space == "w+" else {"w": jnp.mean(ws0, axis=1)}  # W: the mean of e4e's rows
+        params = parallel.shard_frames(start, ctx.mesh)
         if int(cfg.steps) > 0:
             params, loss = opt.run(params, nets, batch, stage="invert", bar=bar)
         else:
@@ -68,7 +85,7 @@ def run(ctx):
             params = jax.tree_util.tree_map(np.asarray, params)
             bar.update(1)
         n = hi - lo
-        ws_out[lo:hi] = params["ws"][:n]
+        ws_out[lo:hi] = np.asarray(latents(params, g.config.num_ws))[:n]
         loss_out[lo:hi] = loss[:n]
         ws_out.flush(), loss_out.flush()
         wd.mark_chunk("invert", lo)
