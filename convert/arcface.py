@@ -71,6 +71,6 @@ def convert_checkpoint(ckpt, src="checkpoint"):
 def run(args):
     from stylejax import checkpoint
 
-    config, params = convert_checkpoint(load_torch_file(args.src), args.src)
+    config, params = convert_checkpoint(load_torch_file(args.src, max_bytes=1 << 30), args.src)  # file ~175 MB
     checkpoint.save(args.out, "arcface", config.to_dict(), params)
     print(f"ArcFace IR-SE (widths {list(config.body.widths)}, {config.embed_dim}-d embedding) -> {args.out}")

@@ -128,7 +128,8 @@ def convert_checkpoint(ckpt, src="checkpoint"):
 def run(args):
     from stylejax import checkpoint
 
-    config, params = convert_checkpoint(load_torch_file(args.src), args.src)
+    # e4e_ffhq_encode.pt (encoder + decoder + latent_avg) is ~1.2 GB
+    config, params = convert_checkpoint(load_torch_file(args.src, max_bytes=2 << 30), args.src)
     checkpoint.save(args.out, "e4e", config.to_dict(), params)
     print(f"e4e encoder ({config.n_styles} styles, widths {list(config.body.widths)}) -> {args.out}; "
           f"its decoder converts with `python -m convert stylegan2 --src {args.src} --out DIR`")

@@ -14,6 +14,7 @@ import re
 import numpy as np
 
 from convert import ConversionError
+from convert._params_check import check_finite
 from stylejax.lpips import KIND, LAYOUTS, LPIPSConfig, conv_specs
 
 _HEAD = re.compile(r"^(?:module\.)?lin(\d)\.model\.1\.weight$")
@@ -32,8 +33,9 @@ def run(args):
     from convert.safe_pickle import load_torch_file
     from stylejax import checkpoint
 
-    heads = _state_dict(load_torch_file(args.src), args.src)
-    trunk = _state_dict(load_torch_file(args.src2), args.src2) if args.src2 else None
+    limit = 1 << 30  # vgg16-397923af.pth, the largest input, is ~530 MB
+    heads = _state_dict(load_torch_file(args.src, max_bytes=limit), args.src)
+    trunk = _state_dict(load_torch_file(args.src2, max_bytes=limit), args.src2) if args.src2 else None
     config, params = convert_state_dicts(heads, trunk, net=args.net, src_names=(args.src, args.src2))
     checkpoint.save(args.out, KIND, config.to_dict(), params)
     print(f"wrote LPIPS-{config.net} (widths {list(config.widths)}) to {args.out}")
@@ -60,8 +62,7 @@ def _array(sd, key, name):
     a = sd[key]
     if not isinstance(a, np.ndarray) or a.dtype.kind != "f":
         raise ConversionError(f"{name}: '{key}' is not a float tensor ({type(a).__name__}); is this an LPIPS/torchvision file?")
-    if not np.all(np.isfinite(a)):
-        raise ConversionError(f"{name}: '{key}' holds NaN/inf values; the file is corrupt")
+    check_finite(name, {key: a})
     return a.astype(np.float32)
 
 
