@@ -71,7 +71,7 @@ def convert_checkpoint(ckpt, src="checkpoint"):
 def run(args):
     from stylejax.io import checkpoint
 
-    config, params = convert_checkpoint(load_torch_file(args.src), args.src)
+    config, params = convert_checkpoint(load_torch_file(args.src, max_bytes=1 << 30), args.src)  # file ~175 MB
     checkpoint.save_network(arcface.ArcFace(config, params), args.out, overwrite=args.overwrite,
                             inputs=[args.src], source=args.src)
     return {"message": f"ArcFace IR-SE (widths {list(config.body.widths)}, {config.embed_dim}-d embedding) -> {args.out}",

@@ -129,7 +129,8 @@ def convert_checkpoint(ckpt, src="checkpoint"):
 def run(args):
     from stylejax.io import checkpoint
 
-    config, params = convert_checkpoint(load_torch_file(args.src), args.src)
+    # e4e_ffhq_encode.pt (encoder + decoder + latent_avg) is ~1.2 GB
+    config, params = convert_checkpoint(load_torch_file(args.src, max_bytes=2 << 30), args.src)
     checkpoint.save_network(e4e.E4E(config, params), args.out, overwrite=args.overwrite, inputs=[args.src],
                             source=args.src)
     return {"message": f"e4e encoder ({config.n_styles} styles, widths {list(config.body.widths)}) -> {args.out}; "

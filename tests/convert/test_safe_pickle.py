@@ -101,3 +101,25 @@ def test_bad_files_give_one_line_errors(tmp_path):
         with pytest.raises(ConversionError) as e:
             load_torch_file(path)
         assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_plain_objects_and_numpy_arrays_every_protocol(tmp_path, protocol):
+    """numpy arrays are rebuilt from validated state, never by numpy's own __setstate__: same values,
+    dtypes and memory order as pickle.load gives, always in native byte order."""
+    obj = {"f32": np.arange(6, dtype=np.float32).reshape(2, 3), "be": np.arange(4, dtype=">i4"),
+           "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)), "empty": np.zeros((0, 2), np.int16),
+           "scalars": (np.float32(1.5), np.int64(-3), np.bool_(True)), "dtype": np.dtype("<f8"),
+           "py": [frozenset({1}), {2}, slice(1, 4), complex(1, -2), 10 ** 40, b"\x00\xff", "é"]}
+    path = tmp_path / "x.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+    with open(path, "rb") as f:
+        expected = pickle.load(f)
+    got = load_pickle_file(path)
+    for key in ("f32", "be", "fortran", "empty"):
+        assert got[key].dtype == expected[key].dtype.newbyteorder("=") and got[key].shape == expected[key].shape
+        np.testing.assert_array_equal(got[key], expected[key])
+    assert got["fortran"].flags.f_contiguous
+    assert got["scalars"] == expected["scalars"] and [type(v) for v in got["scalars"]] == [np.float32, np.int64, np.bool_]
+    assert got["dtype"] == np.dtype("<f8") and got["py"] == expected["py"]

@@ -1,0 +1,393 @@
+"""Hostile or damaged checkpoints must not exhaust the machine (issue 9).
+
+Every bomb is built here, small, from raw pickle opcodes or a hand-written torch zip / legacy file. The
+loads run in a subprocess whose address space is capped (RLIMIT_AS 1.5 GiB, far below what any bomb
+would take): each must end in the exact one-line error naming the limit, the process neither killed
+nor crashed, and no MemoryError or traceback anywhere.
+"""
+import collections
+import io
+import pickle
+import struct
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from convert import ConversionError
+from convert._params_check import check_finite
+from convert.safe_pickle import UnsafeCheckpointError, load_pickle_file, load_torch_file
+
+torch = pytest.importorskip("torch")
+
+CAP = 3 << 29  # 1.5 GiB of address space for the loading process
+
+
+def _run_capped(calls, setup=""):
+    """Runs each `calls` expression in one fresh, memory-capped process; returns one line per call:
+    'REFUSED <ErrorClass> <message>' or 'LOADED <repr of the result's summary>'."""
+    lines = "\n".join(f"    attempt({call!r}, lambda: {call})" for call in calls)
+    code = f"""
+import resource
+resource.setrlimit(resource.RLIMIT_AS, ({CAP}, {CAP}))
+from convert import ConversionError
+from convert.safe_pickle import load_pickle_file, load_torch_file
+from convert.stylegan2_formats import read_stylegan2
+import convert.safe_pickle as sp
+{setup}
+def attempt(text, fn):
+    try:
+        out = fn()
+    except ConversionError as e:
+        print("REFUSED", type(e).__name__, e, flush=True)
+    else:
+        print("LOADED", type(out).__name__, flush=True)
+if True:
+{lines}
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, f"loader died (rc {r.returncode}): {r.stderr[-3000:]}"
+    assert "Traceback" not in r.stderr and "MemoryError" not in r.stdout + r.stderr, r.stderr[-3000:]
+    out = r.stdout.splitlines()
+    assert len(out) == len(calls), r.stdout
+    return out
+
+
+def _refused(path, cls, message):
+    return f"REFUSED {cls} {path}: {message}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Pickles written opcode by opcode.
+
+PROTO2 = b"\x80\x02"
+
+
+def _memo_bomb(levels=9, fanout=10):
+    """List i holds `fanout` memo references to list i-1: a few hundred bytes, fanout**levels leaves."""
+    ops = [PROTO2, b"]q\x00(" + b"K\x01" * fanout + b"e"]
+    for i in range(1, levels):
+        ops.append(b"]q" + bytes([i]) + b"(" + (b"h" + bytes([i - 1])) * fanout + b"e")
+    return b"".join(ops) + b"."
+
+
+def _nested_lists(levels):
+    return PROTO2 + b"]" * levels + b"a" * (levels - 1) + b"."
+
+
+def _nested_tuple_key(levels):
+    """{(((...(1,)...),),): 2}: hashing the key recurses in C once per level."""
+    return PROTO2 + b"}" + b"K\x01" + b"\x85" * levels + b"K\x02s."
+
+
+def _count_expanded(obj, memo=None):
+    """Objects a tree walk of `obj` visits, re-used references counted again (memoised on identity)."""
+    memo = {} if memo is None else memo
+    if id(obj) not in memo:
+        memo[id(obj)] = 1 + sum(_count_expanded(v, memo) for v in obj) if isinstance(obj, list) else 1
+    return memo[id(obj)]
+
+
+def test_memo_reuse_bomb_is_real_but_small():
+    """Guards the test below: the bytes really are tiny and really expand past a billion objects
+    (unpickling them is cheap, walking them is not)."""
+    data = _memo_bomb()
+    assert len(data) < 250
+    assert _count_expanded(pickle.loads(data)) == sum(10 ** k for k in range(10))  # 1,111,111,111
+
+
+def _torch_zip(path, data_pkl, storages=(), compress=zipfile.ZIP_STORED):
+    """A torch.save zip written by hand: archive/data.pkl + archive/data/<key>."""
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", data_pkl)
+        z.writestr("archive/byteorder", "little")
+        for key, raw in dict(storages).items():
+            z.writestr(f"archive/data/{key}", raw, compress_type=compress)
+        z.writestr("archive/version", "3\n")
+    return path
+
+
+def test_structure_bombs_refused_in_bounded_memory(tmp_path):
+    files = {
+        "memo.pkl": _memo_bomb(),
+        "deep.pkl": _nested_lists(100_000),
+        "deepkey.pkl": _nested_tuple_key(300_000),  # plain pickle.load segfaults (8 MiB C stack)
+        "selflist.pkl": PROTO2 + b"]q\x00h\x00a.",
+        "selfdict.pkl": PROTO2 + b"}q\x00K\x01h\x00s.",
+        "memoindex.pkl": PROTO2 + b"Nr" + struct.pack("<I", 0xFFFFFFF0) + b".",  # C memo would take 32 GiB
+        "ok100.pkl": _nested_lists(100),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    _torch_zip(tmp_path / "memo.pt", _memo_bomb())
+    _torch_zip(tmp_path / "deep.pt", _nested_lists(100_000))
+    names = list(files) + ["memo.pt", "deep.pt"]
+    calls = [f"load_{'torch' if n.endswith('.pt') else 'pickle'}_file({str(tmp_path / n)!r})" for n in names]
+    out = dict(zip(names, _run_capped(calls)))
+
+    expand = ("pickle re-uses objects so that one structure expands to more than 1,000,000 objects "
+              "(limit MAX_OBJECTS); refused before unpickling")
+    deep = "pickle nests containers more than 100 levels deep (limit MAX_DEPTH); refused before unpickling"
+    cycle = "pickle builds a container that contains itself (self reference); refused before unpickling"
+    for name, message in [("memo.pkl", expand), ("memo.pt", expand), ("deep.pkl", deep), ("deep.pt", deep),
+                          ("deepkey.pkl", deep), ("selflist.pkl", cycle), ("selfdict.pkl", cycle),
+                          ("memoindex.pkl", "pickle memo index 4294967280 is beyond the limit of 1,000,000 "
+                                            "(MAX_PICKLE_OPS); refused before unpickling")]:
+        assert out[name] == _refused(tmp_path / name, "CheckpointLimitError", message), name
+    assert out["ok100.pkl"] == "LOADED list"
+
+
+def test_nesting_at_the_limit_loads_and_walks_without_recursion_error(tmp_path):
+    path = tmp_path / "ok.pkl"
+    path.write_bytes(_nested_lists(100))
+    obj, depth = load_pickle_file(path), 0
+    while obj:
+        obj, depth = obj[0], depth + 1
+    assert depth == 99  # 100 lists, the innermost empty
+    path.write_bytes(_nested_lists(101))
+    with pytest.raises(ConversionError, match="more than 100 levels deep"):
+        load_pickle_file(path)
+
+
+def test_operation_walk_and_zip_entry_limits(tmp_path):
+    (tmp_path / "ops.pkl").write_bytes(PROTO2 + b"]0" * 600 + b"N.")  # 1,202 operations
+    # a tuple of 2^19 - 1 objects (allowed: T0 = (1, 1), T(i+1) = (Ti, Ti)), hashed as the key of three
+    # dicts: 3 * (2^19 - 1) visits in C for a 130-byte file; 10^6 such keys would take hours
+    tree = b"K\x01K\x01\x86q\x000" + b"".join(b"h%ch%c\x86q%c0" % (i, i, i + 1) for i in range(17))
+    (tmp_path / "keys.pkl").write_bytes(PROTO2 + tree + b"}h\x11K\x00s0" * 3 + b"N.")
+    with zipfile.ZipFile(tmp_path / "many.pt", "w") as z:
+        for i in range(11):
+            z.writestr(f"archive/data/{i}", b"")
+    out = _run_capped([f"load_pickle_file({str(tmp_path / 'ops.pkl')!r})",
+                       f"load_pickle_file({str(tmp_path / 'keys.pkl')!r})",
+                       f"load_torch_file({str(tmp_path / 'many.pt')!r})"],
+                      setup="sp.MAX_PICKLE_OPS = 1000\nsp.MAX_ZIP_ENTRIES = 10")
+    assert out[0] == _refused(tmp_path / "ops.pkl", "CheckpointLimitError",
+                              "pickle has more than 1,000 operations (limit MAX_PICKLE_OPS); refused before unpickling")
+    assert out[1] == _refused(tmp_path / "keys.pkl", "CheckpointLimitError",
+                              f"pickle passes {3 * (2 ** 19 - 1):,} objects (re-used ones counted again) through "
+                              "calls and dict keys, more than 1,000,000 (limit MAX_OBJECTS); refused before unpickling")
+    assert out[2] == _refused(tmp_path / "many.pt", "CheckpointLimitError",
+                              "zip file lists 11 entries, more than the limit of 10 (MAX_ZIP_ENTRIES)")
+
+
+def test_declared_lengths_beyond_the_file_are_not_allocated(tmp_path):
+    huge = 1 << 40
+    files = {"bytes8.pkl": PROTO2 + b"\x8e" + struct.pack("<Q", huge) + b"xx.",
+             "frame.pkl": b"\x80\x04\x95" + struct.pack("<Q", huge) + b"N.",
+             "ndarray.pkl": PROTO2 + b"cnumpy\nndarray\n\x8a\x06" + huge.to_bytes(6, "little") + b"\x85R."}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    out = _run_capped([f"load_pickle_file({str(tmp_path / n)!r})" for n in files])
+    hint = "; is the file complete?"
+    assert out[0] == (f"REFUSED ConversionError {tmp_path / 'bytes8.pkl'}: cannot be read as a pickle "
+                      f"(UnpicklingError: 1.0 TiB declared at offset 11, only 3 bytes follow){hint}")
+    assert out[1] == (f"REFUSED ConversionError {tmp_path / 'frame.pkl'}: cannot be read as a pickle "
+                      f"(UnpicklingError: 1.0 TiB declared at offset 11, only 2 bytes follow){hint}")
+    assert out[2] == _refused(tmp_path / "ndarray.pkl", "UnsafeCheckpointError",
+                              "checkpoint calls numpy.ndarray directly; file refused")
+
+
+# ----------------------------------------------------------------------------------------------
+# Tensors and storages.
+
+class _FakeStorage:
+    def __init__(self, key, numel, kind="FloatStorage"):
+        self.key, self.numel, self.kind = key, numel, kind
+
+
+class _FakeTensor:
+    def __init__(self, storage, size, stride, offset=0):
+        self.storage, self.size, self.stride, self.offset = storage, size, stride, offset
+
+    def __reduce__(self):
+        return torch._utils._rebuild_tensor_v2, (self.storage, self.offset, tuple(self.size), tuple(self.stride),
+                                                 False, collections.OrderedDict())
+
+
+class _TorchPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, _FakeStorage):
+            return "storage", getattr(torch, obj.kind), obj.key, "cpu", obj.numel
+        return None
+
+
+def _torch_pickle(obj):
+    buf = io.BytesIO()
+    _TorchPickler(buf, protocol=2).dump(obj)
+    return buf.getvalue()
+
+
+def _torch_legacy(path, obj, storages):
+    """The pre-1.6 torch.save layout: magic, protocol, sys info, pickle, storage keys, raw storages."""
+    with open(path, "wb") as f:
+        for header in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}):
+            pickle.dump(header, f, protocol=2)
+        f.write(_torch_pickle(obj))
+        pickle.dump(list(storages), f, protocol=2)
+        for numel, raw in storages.values():
+            f.write(struct.pack("<q", numel) + raw)
+    return path
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_stride0_broadcast_is_charged_at_full_size(tmp_path, zip_format):
+    one = torch.full((1,), 0.5)
+    torch.save({"w": one.expand(2 ** 34)}, tmp_path / "bomb.pt", _use_new_zipfile_serialization=zip_format)
+    torch.save({"w": one.expand(2 ** 20)}, tmp_path / "small.pt", _use_new_zipfile_serialization=zip_format)
+    assert (tmp_path / "bomb.pt").stat().st_size < 2000
+    out = _run_capped([f"load_torch_file({str(tmp_path / 'bomb.pt')!r})",
+                       f"load_torch_file({str(tmp_path / 'small.pt')!r}, max_bytes=2 << 20)"])
+    assert out == [
+        _refused(tmp_path / "bomb.pt", "CheckpointLimitError",
+                 "tensors declare 64.0 GiB in total (this one [17179869184] float32, 64.0 GiB), over the limit "
+                 "of 4.0 GiB (max_bytes); refused before allocating it"),
+        _refused(tmp_path / "small.pt", "CheckpointLimitError",
+                 "tensors declare 4.0 MiB in total (this one [1048576] float32, 4.0 MiB), over the limit "
+                 "of 2.0 MiB (max_bytes); refused before allocating it")]
+    w = load_torch_file(tmp_path / "small.pt")["w"]  # within the default limit it is a real array
+    assert w.shape == (2 ** 20,) and w.strides == (4,) and np.all(w == 0.5)
+
+
+def test_tensor_and_storage_declarations_checked_against_real_bytes(tmp_path):
+    s1 = _FakeStorage("0", 1)
+    paths = {
+        "outside.pt": _torch_zip(tmp_path / "outside.pt", _torch_pickle({"w": _FakeTensor(s1, [10], [1])}),
+                                 {"0": b"\0" * 4}),
+        "offset.pt": _torch_zip(tmp_path / "offset.pt", _torch_pickle({"w": _FakeTensor(s1, [1], [1], offset=1)}),
+                                {"0": b"\0" * 4}),
+        "negative.pt": _torch_zip(tmp_path / "negative.pt", _torch_pickle({"w": _FakeTensor(s1, [2], [-1])}),
+                                  {"0": b"\0" * 4}),
+        "entry.pt": _torch_zip(tmp_path / "entry.pt",
+                               _torch_pickle({"w": _FakeTensor(_FakeStorage("0", 2 ** 30), [2 ** 30], [1])}),
+                               {"0": b"\0" * 4}),
+        "legacy.pt": _torch_legacy(tmp_path / "legacy.pt",
+                                   {"w": _FakeTensor(_FakeStorage("0", 2 ** 40), [1], [1])}, {"0": (1, b"\0" * 4)}),
+    }
+    out = _run_capped([f"load_torch_file({str(p)!r})" for p in paths.values()])
+    corrupt = "the checkpoint is corrupt"
+    assert out == [
+        _refused(paths["outside.pt"], "ConversionError",
+                 f"tensor [10] (stride [1], offset 0) reaches element 9 of a 1-element storage; {corrupt}"),
+        _refused(paths["offset.pt"], "ConversionError",
+                 f"tensor [1] (stride [1], offset 1) reaches element 1 of a 1-element storage; {corrupt}"),
+        _refused(paths["negative.pt"], "ConversionError",
+                 f"tensor has a negative size, stride or offset; {corrupt}"),
+        _refused(paths["entry.pt"], "ConversionError",
+                 f"storage 0 declares 4.0 GiB but its zip entry holds 4 bytes; {corrupt}"),
+        _refused(paths["legacy.pt"], "ConversionError",
+                 f"storage 0 declares 4.0 TiB, more than the file holds; {corrupt}")]
+
+
+def test_deflated_storage_bomb_bounded_by_max_bytes(tmp_path):
+    """A 32 MiB storage deflated to ~32 KiB (the issue's 3 MB -> 3 GiB, scaled down with the limit)."""
+    n = 8 << 20
+    bomb = _torch_zip(tmp_path / "zip.pt", _torch_pickle({"w": _FakeTensor(_FakeStorage("0", n), [n], [1])}),
+                      {"0": bytes(4 * n)}, compress=zipfile.ZIP_DEFLATED)
+    assert bomb.stat().st_size < 64 << 10
+    two = _torch_zip(tmp_path / "two.pt", _torch_pickle({"a": _FakeTensor(_FakeStorage("0", n // 4), [n // 4], [1]),
+                                                         "b": _FakeTensor(_FakeStorage("1", n // 4), [n // 4], [1])}),
+                     {"0": bytes(n), "1": bytes(n)}, compress=zipfile.ZIP_DEFLATED)
+    out = _run_capped([f"load_torch_file({str(bomb)!r}, max_bytes=8 << 20)",
+                       f"load_torch_file({str(two)!r}, max_bytes=12 << 20)",
+                       f"read_stylegan2({str(bomb)!r}, max_bytes=8 << 20)"])
+    over = "over the limit of {} (max_bytes); refused before reading it"
+    assert out == [
+        _refused(bomb, "CheckpointLimitError",
+                 "storage 0 declares 32.0 MiB, bringing the tensor storage to 32.0 MiB, " + over.format("8.0 MiB")),
+        _refused(two, "CheckpointLimitError",
+                 "storage 1 declares 8.0 MiB, bringing the tensor storage to 16.0 MiB, " + over.format("12.0 MiB")),
+        _refused(bomb, "CheckpointLimitError",
+                 "storage 0 declares 32.0 MiB, bringing the tensor storage to 32.0 MiB, " + over.format("8.0 MiB"))]
+    w = load_torch_file(bomb, max_bytes=64 << 20)["w"]  # with room for it, the same file is fine
+    assert w.shape == (n,) and not w.any()
+
+
+def test_stylegan2_cli_refuses_stride0_bomb_in_bounded_memory(tmp_path):
+    torch.save({"g_ema": {"style.1.weight": torch.zeros(1).expand(2 ** 34)}}, tmp_path / "g.pt")
+    code = (f"import resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({CAP}, {CAP})); "
+            f"from convert.__main__ import main; sys.exit(main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, "stylegan2", "--src", str(tmp_path / "g.pt"),
+                        "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == (f"error: {tmp_path / 'g.pt'}: tensors declare 64.0 GiB in total (this one [17179869184] "
+                        "float32, 64.0 GiB), over the limit of 2.0 GiB (max_bytes); refused before allocating it\n")
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Objects shared across loads cannot be changed; embedded torch files do not nest.
+
+class _Storage:
+    """Pickles as `torch.storage._load_from_bytes(payload)`, as torch storages do inside plain pickles."""
+
+    def __init__(self, payload):
+        self.payload = payload
+
+    def __reduce__(self):
+        return torch.storage._load_from_bytes, (self.payload,)
+
+
+def test_build_on_an_allowlisted_global_refused(tmp_path):
+    path = tmp_path / "poison.pkl"
+    path.write_bytes(PROTO2 + b"ctorch\nFloatStorage\n}U\x05dtypeU\x02f8sb.")
+    with pytest.raises(UnsafeCheckpointError) as e:
+        load_pickle_file(path)
+    assert str(e.value) == f"{path}: checkpoint tries to change a class or function it names; file refused"
+    torch.save({"w": torch.ones(2)}, tmp_path / "ok.pt")
+    assert load_torch_file(tmp_path / "ok.pt")["w"].dtype == np.float32  # nothing was changed
+
+
+def test_storage_file_inside_storage_file_refused(tmp_path):
+    header = b"".join(pickle.dumps(h, protocol=2) for h in (0x1950A86A20F9469CFC6C, 1001, {}))
+    inner = header + pickle.dumps(_Storage(b"x"), protocol=2)
+    path = tmp_path / "nested.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"w": _Storage(inner)}, f, protocol=2)
+    with pytest.raises(UnsafeCheckpointError) as e:
+        load_pickle_file(path)
+    assert str(e.value) == f"{path}: unexpected torch file inside a storage in checkpoint; file refused"
+
+
+# ----------------------------------------------------------------------------------------------
+# NaN / inf refused at conversion.
+
+def test_check_finite_names_the_first_bad_key():
+    tree = {"a": {"b": np.ones(3), "c": np.array([1.0, np.nan]), "d": np.array([np.inf])},
+            "e": np.array([np.nan]), "steps": np.arange(3), "none": None}
+    with pytest.raises(ConversionError) as e:
+        check_finite("f.pt", tree)
+    assert str(e.value) == "f.pt: a/c contains NaN or inf values (1 of 2); the checkpoint is corrupt"
+    check_finite(None, {"a": {"b": np.ones(2)}, "n": np.arange(2), "w": None})  # all finite: no error
+
+
+def _write_generator(path, nan_key=None, bad_w_avg=False):
+    import test_stylegan2_formats as fmt
+
+    mapping, synthesis, w_avg = fmt._tf_weights()
+    sd = fmt._canonical_from_tf(mapping, synthesis)
+    if nan_key:
+        sd[nan_key] = sd[nan_key].copy()
+        sd[nan_key].reshape(-1)[3] = np.nan
+    if bad_w_avg:
+        w_avg = w_avg.copy()
+        w_avg[5] = np.inf
+    fmt.write_rosinality(path, sd, w_avg)
+    return sd
+
+
+@pytest.mark.parametrize("case", ["weight", "latent_avg"])
+def test_stylegan2_cli_refuses_non_finite_values(tmp_path, case):
+    path = tmp_path / "g.pt"
+    sd = _write_generator(path, nan_key="convs.1.conv.weight" if case == "weight" else None,
+                          bad_w_avg=case == "latent_avg")
+    r = subprocess.run([sys.executable, "-m", "convert", "stylegan2", "--src", str(path),
+                        "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    what = (f"convs.1.conv.weight contains NaN or inf values (1 of {sd['convs.1.conv.weight'].size})"
+            if case == "weight" else "latent_avg contains NaN or inf values (1 of 8)")
+    assert r.stderr == f"error: {path}: {what}; the checkpoint is corrupt\n"
+    assert not (tmp_path / "out" / "config.json").exists()
