@@ -38,14 +38,13 @@ def resolve_output(path, what="output"):
     if os.path.dirname(real) == real:
         raise OutputError(f"refusing to use {path!r} ({real}) as the {what}: it is a filesystem root; "
                           "give a new sub-directory")
-    for name, place in (("your home directory", os.path.expanduser("~")), ("the current directory", _cwd())):
-        if not place:
-            continue
-        place = os.path.realpath(place)
-        if _inside(place, real):
-            rel = "is" if place == real else "holds"
-            raise OutputError(f"refusing to use {path!r} ({real}) as the {what}: it {rel} {name}; "
-                              "give a new sub-directory")
+    places = [(name, os.path.realpath(p)) for name, p in (("the current directory", _cwd()),
+                                                           ("your home directory", os.path.expanduser("~"))) if p]
+    for relation, hit in (("is", lambda place: place == real), ("holds", lambda place: _inside(place, real))):
+        for name, place in places:
+            if hit(place):
+                raise OutputError(f"refusing to use {path!r} ({real}) as the {what}: it {relation} {name}; "
+                                  "give a new sub-directory")
     return real
 
 
@@ -86,9 +85,11 @@ def _check_parent(real, what):
     if not os.path.isdir(parent):
         raise OutputError(f"cannot write the {what} {real}: the directory {parent} does not exist; create it "
                           "first or choose another path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write the {what} {real}: no write permission in {parent}; choose a "
-                          "writable location")
+    try:  # a real attempt: os.access cannot tell (as root, or on a read-only or virtual filesystem)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{os.path.basename(real)}.probe-", dir=parent))
+    except OSError as e:
+        raise OutputError(f"cannot write the {what} {real}: {e.strerror} in {parent}; choose a writable "
+                          "location") from None
     return parent
 
 
@@ -233,12 +234,6 @@ def output_file(path, overwrite=False, inputs=(), what="output file", suffix="")
     real = check_output_file(path, overwrite, inputs, what)
     parent, name = os.path.split(real)
     tmp = os.path.join(parent, f".{name}.partial-{os.getpid()}{suffix}")
-    try:
-        open(tmp, "wb").close()  # can we write there at all? (os.access cannot tell, e.g. as root)
-        os.remove(tmp)
-    except OSError as e:
-        raise OutputError(f"cannot write the {what} {real}: {e.strerror} in {parent}; choose a writable "
-                          "location") from None
     try:
         yield tmp
         if not os.path.isfile(tmp):
