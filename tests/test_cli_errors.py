@@ -83,6 +83,7 @@ def sandbox(tmp_path_factory):
     write_video(str(d / "flat.mp4"), [np.full((240, 320, 3), v, np.uint8) for v in (60, 70, 80)], 10)
     write_video(str(d / "tiny.mp4"), [np.full((8, 8, 3), v, np.uint8) for v in (60, 70)], 10)
     write_video(str(d / "small.mp4"), [np.full((64, 64, 3), v, np.uint8) for v in (60, 70, 80)], 10)
+    write_video(str(d / "crops_rect.mp4"), [np.full((32, 48, 3), v, np.uint8) for v in (60, 70, 80)], 10)
     (d / "zero.y4m").write_bytes(b"YUV4MPEG2 W64 H64 F30:1 Ip A1:1 C420jpeg\n")
     write_video(str(d / "wide.mp4"), [np.full((48, 64, 3), v, np.uint8) for v in (60, 70)], 10)
     r = subprocess.run([_ffmpeg(), "-v", "error", "-y", "-display_rotation:v:0", "90", "-i", str(d / "wide.mp4"),
@@ -169,6 +170,7 @@ def _cases():
         "align/max-frames-0": (ALIGN + ["--video", "flat.mp4", "--out", "o", "--max-frames", "0"],
                                "--max-frames must be >= 1"),
         "align/size-odd": (ALIGN + ["--video", "flat.mp4", "--out", "o", "--size", "15"], "--size must be an even"),
+        "align/size-huge": (ALIGN + ["--video", "flat.mp4", "--out", "o", "--size", "30000"], "from 16 to 4096"),
         "align/bad-flag": (ALIGN + ["--video", "flat.mp4", "--out", "o", "--size", "big"], "--help"),
         # ---- paste
         "paste/out-link-to-input": (PASTE + ["--video", "small.mp4", "--aligned", "aligned", "--transforms", "aligned",
@@ -197,6 +199,8 @@ def _cases():
                                                 "emptydir", "--out", "p.mp4"], "holds no transforms.npz"),
         "paste/other-video": (PASTE + ["--video", "tiny.mp4", "--aligned", "aligned", "--transforms", "aligned",
                                        "--out", "p.mp4"], "is for 64x64 px frames but tiny.mp4 is 8x8 px"),
+        "paste/non-square-crops": (PASTE + ["--video", "small.mp4", "--aligned", "crops_rect.mp4", "--transforms",
+                                            "aligned", "--out", "p.mp4"], "crops in crops_rect.mp4 are 48x32 px"),
         "paste/nan-feather": (PASTE + ["--video", "small.mp4", "--aligned", "aligned", "--transforms", "aligned",
                                        "--out", "p.mp4", "--feather", "nan"], "--feather must be a finite number"),
         "paste/negative-feather": (PASTE + ["--video", "small.mp4", "--aligned", "aligned", "--transforms", "aligned",

@@ -136,8 +136,8 @@ def align_video(video: str, out_dir: str, size: int = 1024, center_sigma: float 
     (also with `timing_s`).
     """
     video = os.path.abspath(video)
-    if size < 16 or size % 2:
-        raise AlignError(f"--size must be an even number >= 16, got {size}")
+    if size < 16 or size % 2 or size > MAX_SIZE:
+        raise AlignError(f"--size must be an even number from 16 to {MAX_SIZE} (StyleGAN2 uses 1024), got {size}")
     if resample not in _INTERP:
         raise AlignError(f"unknown resampler {resample!r}; use one of {sorted(_INTERP)}")
     for name, sg in (("--center-sigma", center_sigma), ("--axes-sigma", axes_sigma)):
@@ -159,6 +159,9 @@ def align_video(video: str, out_dir: str, size: int = 1024, center_sigma: float 
                            what="aligned output directory") as tmp:
         return _align_into(tmp, video, info, size, center_sigma, axes_sigma, keep_roll, preview, max_gap,
                            min_eye_dist, max_frames, resample, detect_long_side, refine, log)
+
+
+MAX_SIZE = 4096  # crops beyond this are a typo: 4096² RGB is 48 MiB a frame
 
 
 def is_aligned_dir(path: str) -> bool:
@@ -294,6 +297,9 @@ def _paste_into(out, video, info, crops, quads, aligned, mask_kind, feather, res
                 if t >= len(quads):
                     break
                 if mask is None:
+                    if crop.ndim != 3 or crop.shape[0] != crop.shape[1] or crop.shape[2] != 3:
+                        raise AlignError(f"the aligned crops in {aligned} are {crop.shape[1]}x{crop.shape[0]} px; "
+                                         "paste needs the square RGB crops that align writes")
                     mask = face_mask(crop.shape[0], mask_kind, feather)
                 writer.write(paste_back(frame, np.asarray(crop), quads[t], mask, resample))
                 n += 1
