@@ -11,6 +11,7 @@ memory-mapped with `np.load(path, mmap_mode="r")` / `load_frames`.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -67,8 +68,6 @@ def _check_readable(path: str) -> None:
 def probe(path: str) -> VideoInfo:
     """fps, frame size and duration of a video file; `VideoError` if ffmpeg cannot open it as a video."""
     import imageio_ffmpeg
-
-    import logging
 
     path = os.fspath(path)
     _check_readable(path)
@@ -329,7 +328,11 @@ def load_frames(path: str) -> np.ndarray:
         frames = np.load(path, mmap_mode="r", allow_pickle=False)
     except OSError as err:
         raise VideoError(f"cannot read frames {path}: {err.strerror or err}") from None
-    except Exception:  # numpy's own message would talk about pickles: not what the user needs to know
+    except Exception as err:  # numpy's message for a non-.npy file talks about pickles: not the user's concern
+        with open(path, "rb") as f:
+            if f.read(6) == b"\x93NUMPY":
+                raise VideoError(f"cannot read frames {path}: a damaged or truncated .npy file "
+                                 f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
         raise VideoError(f"cannot read frames {path}: not a .npy array file (expected the frames.npy "
                          "written by `python -m stylejax.align`)") from None
     if not isinstance(frames, np.ndarray):
