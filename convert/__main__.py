@@ -5,6 +5,7 @@ Nothing from a checkpoint is ever executed; an existing --out is replaced only w
 checkpoint and --overwrite is given.
 """
 import importlib
+import os
 import sys
 
 from absl import flags
@@ -37,6 +38,15 @@ def parse_args(network, argv):
     return cli.parse(f"python -m convert {network}", fv, argv)
 
 
+def _check_source(name, path):
+    if os.path.isdir(path):
+        raise ConversionError(f"--{name} {path} is a directory; give the checkpoint file itself")
+    if not os.path.exists(path):
+        raise ConversionError(f"--{name} {path}: no such file")
+    if not os.access(path, os.R_OK):
+        raise ConversionError(f"--{name} {path}: permission denied")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in CONVERTERS:
@@ -49,9 +59,22 @@ def main(argv=None):
     define = _definer(module)
 
     def run(args):
+        from stylejax.io import checkpoint
+
         cli.require(args, *getattr(module, "REQUIRED", ("src", "out")))
+        sources = [getattr(args, name, None) for name in ("src", "src2")]
+        for name, path in zip(("src", "src2"), sources):
+            if path is not None:
+                _check_source(name, path)
+        # refuse a bad --out now, not after minutes of reading and converting
+        checkpoint.check_out(args.out, argv[0], overwrite=args.overwrite, inputs=sources)
         try:
             return module.run(args)
+        except ConversionError as e:  # name the file when the converter's message does not
+            src2 = getattr(args, "src2", None)
+            if args.src and args.src not in str(e) and not (src2 and src2 in str(e)):
+                raise type(e)(f"{args.src}: {e}") from None
+            raise
         except ValueError as e:  # a malformed file surfacing in shape logic: still the user's input
             raise ConversionError(f"{args.src or args.out}: {e}") from None
 

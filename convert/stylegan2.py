@@ -7,6 +7,7 @@ from absl import flags
 import numpy as np
 
 from convert import ConversionError
+from stylejax.errors import UserError
 
 
 def define_flags(fv):
@@ -22,6 +23,9 @@ def run(args):
     from convert.stylegan2_formats import read_stylegan2
     from stylejax.io import checkpoint
 
+    if args.mapping_lr_mul is not None and not (np.isfinite(args.mapping_lr_mul) and args.mapping_lr_mul > 0):
+        raise UserError(f"--mapping-lr-mul must be a finite number > 0 (StyleGAN2 uses 0.01), "
+                        f"got {args.mapping_lr_mul}")
     state_dict, w_avg, info = read_stylegan2(args.src)
     w_avg_name = {"nvlabs": "mapping.w_avg", "tf": "dlatent_avg"}.get(info.get("format"), "latent_avg")
     check_finite(args.src, {**state_dict, w_avg_name: w_avg})

@@ -16,6 +16,7 @@ Each command has its own `FlagValues`, so commands can be imported (and run) sid
 import json
 import math
 import os
+import signal
 import sys
 import types
 
@@ -79,8 +80,11 @@ def parse(prog, fv, argv):
 
 def require(args, *names):
     for name in names:
-        if getattr(args, name.replace("-", "_")) in (None, ""):
+        value = getattr(args, name.replace("-", "_"))
+        if value is None:
             raise UserError(f"--{name} is required (see --help)")
+        if isinstance(value, str) and not value.strip():
+            raise UserError(f"--{name} is empty (an unset shell variable?); give a path or value")
 
 
 def usage(prog, doc, fv):
@@ -112,6 +116,15 @@ def error(msg):
     return 2
 
 
+def _on_sigterm_exit():
+    """SIGTERM (kill, a job scheduler's timeout) raises SystemExit in the main thread instead of ending the
+    process on the spot, so `finally` blocks remove temporary outputs. Returns the previous handler."""
+    try:
+        return signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    except ValueError:  # not the main thread: leave signals alone
+        return None
+
+
 def run(prog, doc, define, main, argv=None):
     """Parses flags, runs `main(args)`, prints its summary; returns the exit status (0 or 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -125,6 +138,7 @@ def run(prog, doc, define, main, argv=None):
     except flags.Error as e:
         return error(f"{e} (see {prog} --help)")
     _STATE["quiet"] = bool(args.json)
+    previous = _on_sigterm_exit()
     try:
         summary = main(args)
     except UserError as e:
@@ -132,8 +146,13 @@ def run(prog, doc, define, main, argv=None):
     except OSError as e:  # disk full, permissions, a path that became invalid: the user's environment
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         return error(f"{where}{e.strerror or e}")
+    except KeyboardInterrupt:  # the outputs' temporary files were removed on the way out
+        print("error: interrupted", file=sys.stderr)
+        return 130
     finally:
         _STATE["quiet"] = False
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     summary = summary or {}
     message = summary.get("message") if isinstance(summary, dict) else None
     if message and not args.json:

@@ -6,8 +6,11 @@
 `--seeds` draws z = numpy.random.RandomState(seed).randn(1, z_dim), as NVlabs generate.py does, so a seed
 gives the same image in both. PNGs are written as seed%04d.png (or ws%04d.png for --ws);
 `--save-npy` also writes the raw float32 images [B, H, W, 3] to OUT/images.npy.
+OUT is written as a whole: a new folder (or an empty one), or with --overwrite a folder this command wrote
+before (holding only its images); a failed or interrupted run leaves the old OUT untouched.
 """
 import os
+import re
 import sys
 
 import numpy as np
@@ -37,12 +40,13 @@ def parse_seeds(text):
                 seeds.extend(range(lo, hi + 1))
             else:
                 seeds.append(int(part))
+            if len(seeds) > MAX_IMAGES:
+                raise UsageError(f"--seeds {text!r} asks for more than {MAX_IMAGES} images in one run; "
+                                 "split it over several runs")
     except ValueError:
         raise UsageError(f"bad --seeds {text!r}; use e.g. '0-3' or '1,5,9'") from None
-        if len(seeds) > MAX_IMAGES:
-            raise UsageError(f"--seeds {text!r} asks for more than {MAX_IMAGES} images; split the range")
     if any(s < 0 or s >= 2 ** 32 for s in seeds):
-        raise UsageError("seeds must be in [0, 2**32)")
+        raise UsageError(f"--seeds {text!r}: seeds must be in [0, 2**32)")
     return seeds
 
 
@@ -67,6 +71,38 @@ def define_flags(fv):
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype of the convs", flag_values=fv)
     flags.DEFINE_string("outdir", None, "output directory (created if missing)", flag_values=fv)
     flags.DEFINE_bool("save-npy", False, "also write raw float32 images to OUTDIR/images.npy", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "replace an existing --outdir written by this command", flag_values=fv)
+
+
+_OUR_FILE = re.compile(r"^(seed\d{4,}|ws\d{4,})\.png$|^images\.npy$")
+# every PNG this command writes carries this tEXt chunk, right after the header: the mark that lets
+# --overwrite tell our folder from one of the user's that happens to hold files with the same names
+_PNG_MARK = (b"Software", b"stylejax.generate")
+
+
+def write_png(path, img):
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text(*(v.decode() for v in _PNG_MARK))
+    Image.fromarray(img).save(path, format="PNG", pnginfo=info)
+
+
+def _is_our_png(path):
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG") and b"tEXt" + b"\x00".join(_PNG_MARK) in head
+
+
+def is_generated_dir(path):
+    """An --outdir this command wrote (what --overwrite may replace): only its marked PNGs and images.npy."""
+    names = os.listdir(path)
+    pngs = [n for n in names if n.endswith(".png")]
+    return (bool(pngs) and all(_OUR_FILE.match(n) and os.path.isfile(os.path.join(path, n)) for n in names)
+            and all(_is_our_png(os.path.join(path, n)) for n in pngs))
 
 
 def main(argv=None):
@@ -74,6 +110,8 @@ def main(argv=None):
 
 
 def _read_ws(path, cfg):
+    if not str(path).strip():
+        raise UsageError("--ws is empty; give a .npy file of W+ latents [B, num_ws, w_dim]")
     if not os.path.isfile(path):
         raise UsageError(f"cannot read --ws {path}: " + ("it is a directory" if os.path.isdir(path) else "no such file"))
     try:
@@ -97,7 +135,6 @@ def _read_ws(path, cfg):
 
 
 def run(args):
-    import imageio.v3 as iio
     import jax
     import jax.numpy as jnp
 
@@ -111,6 +148,8 @@ def run(args):
         raise UsageError(f"--batch must be >= 1, got {args.batch}")
     if not np.isfinite(args.trunc):
         raise UsageError(f"--trunc must be a finite number, got {args.trunc}")
+    if args.trunc_cutoff is not None and args.trunc_cutoff < 0:
+        raise UsageError(f"--trunc-cutoff must be >= 0 (the number of ws rows to truncate), got {args.trunc_cutoff}")
     outdir = atomic.resolve_output(args.outdir, "--outdir")
     if os.path.exists(outdir) and not os.path.isdir(outdir):
         raise UsageError(f"--outdir {outdir} is a file; give a directory")
@@ -123,6 +162,8 @@ def run(args):
     else:
         ws = _read_ws(args.ws, cfg)
         names = [f"ws{i:04d}" for i in range(len(ws))]
+    inputs = [args.checkpoint, args.ws]
+    atomic.check_output_dir(outdir, args.overwrite, inputs, is_generated_dir, "--outdir")
     dtype = jnp.dtype(args.dtype)
     noise_mode = args.noise_mode
 
@@ -138,8 +179,17 @@ def run(args):
     def mapping(g, z):
         return g.mapping(z, args.trunc, args.trunc_cutoff)
 
-    os.makedirs(outdir, exist_ok=True)
     key = jax.random.PRNGKey(args.noise_seed)
+    with atomic.output_dir(outdir, args.overwrite, inputs, is_generated_dir, "--outdir") as tmp:
+        _render_all(tmp, names, seeds, ws, cfg, args, g, key, mapping, render)
+    return {"message": f"wrote {len(names)} images ({cfg.resolution}x{cfg.resolution}) to {outdir}",
+            "images": len(names), "resolution": cfg.resolution, "outdir": outdir}
+
+
+def _render_all(outdir, names, seeds, ws, cfg, args, g, key, mapping, render):
+    import jax
+    import jax.numpy as jnp
+
     npy = None
     bar = cli.progress(total=len(names), desc="generate", unit="img")
     try:
@@ -153,26 +203,17 @@ def run(args):
             keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(start, start + len(batch_ws)))
             images = np.asarray(render(g, batch_ws, keys))
             for name, img in zip(names[start:], to_uint8(images)):
-                iio.imwrite(os.path.join(outdir, f"{name}.png"), img)
+                write_png(os.path.join(outdir, f"{name}.png"), img)
             if args.save_npy:
-                if npy is None:
-                    npy_tmp = os.path.join(outdir, f".images.npy.partial-{os.getpid()}")
-                    npy = np.lib.format.open_memmap(npy_tmp, mode="w+", dtype=np.float32,
-                                                    shape=(len(names),) + images.shape[1:])
+                if npy is None:  # outdir is output_dir's temporary folder: no partial name needed
+                    npy = np.lib.format.open_memmap(os.path.join(outdir, "images.npy"), mode="w+",
+                                                    dtype=np.float32, shape=(len(names),) + images.shape[1:])
                 npy[start:start + len(images)] = images
             bar.update(len(images))
         if npy is not None:
             npy.flush()
-            del npy
-            npy = None
-            os.replace(npy_tmp, os.path.join(outdir, "images.npy"))
     finally:
         bar.close()
-        if npy is not None:
-            del npy
-            os.remove(npy_tmp)
-    return {"message": f"wrote {len(names)} images ({cfg.resolution}x{cfg.resolution}) to {outdir}",
-            "images": len(names), "resolution": cfg.resolution, "outdir": outdir}
 
 
 if __name__ == "__main__":

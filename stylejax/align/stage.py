@@ -43,11 +43,12 @@ def _landmark_stream(video: str, info, max_frames: int | None, max_gap: int, min
 
     tracker = FaceTracker(detect_long_side=detect_long_side, refine=refine, log=log)
     frames = iter_frames(video, info)
-    last_valid, seen_face = -1, False
+    last_valid, seen_face, count = -1, False, 0
     try:
         for t, frame in enumerate(frames):
             if max_frames is not None and t >= max_frames:
                 break
+            count = t + 1
             lm = tracker(frame)
             if lm is not None:
                 eyes = float(eye_distance(lm))
@@ -58,14 +59,40 @@ def _landmark_stream(video: str, info, max_frames: int | None, max_gap: int, min
             elif t - last_valid > max_gap:
                 if not seen_face:
                     raise AlignError(f"no face found in {video}: none in its first {t + 1} frames "
-                                     f"(more than --max-gap {max_gap})")
+                                     f"(more than --max-gap {max_gap}){_no_face_cause(frame, detect_long_side)}")
                 raise AlignError(f"face lost in {video} for more than --max-gap {max_gap} frames "
                                  f"(missing from frame {last_valid + 1})")
             yield t, frame, lm
     finally:
         frames.close()
     if not seen_face:
-        raise AlignError(f"no face found in {video}")
+        raise AlignError(f"no face found in {video} (in any of its {count} frames)"
+                         f"{_no_face_cause(frame, detect_long_side)}")
+
+
+# dlib's HOG detector needs a face about 80 px wide; frames below this cannot show one
+_SMALLEST_FACE_FRAME = 80
+
+
+def _no_face_cause(frame, detect_long_side):
+    """The likely reason no face was found in `frame` (the last one looked at), as a message tail."""
+    from stylejax.align.landmarks import detect_faces
+
+    h, w = frame.shape[:2]
+    if min(h, w) < _SMALLEST_FACE_FRAME:
+        return (f"; its frames are only {w}x{h} px, too small for the face detector (faces need about "
+                f"{_SMALLEST_FACE_FRAME} px); use the original, higher-resolution video")
+    import cv2
+
+    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if frame.ndim == 3 else frame
+    # k quarter turns counter-clockwise (np.rot90) -> the ffmpeg filter that makes the video upright
+    for k, (turn, vf) in {3: ("90° clockwise", "transpose=1"), 1: ("90° counter-clockwise", "transpose=2"),
+                          2: ("180°", "hflip,vflip")}.items():
+        if len(detect_faces(np.ascontiguousarray(np.rot90(gray, k)), detect_long_side)):
+            return (f"; a face is found when the frames are turned {turn}: the video is stored sideways or "
+                    f"upside down; rotate it upright first (e.g. ffmpeg -i IN -vf {vf} OUT.mp4)")
+    return ("; check that the video shows one face, upright, at least about "
+            f"{_SMALLEST_FACE_FRAME} px wide")
 
 
 def track_landmarks(video: str, max_frames: int | None = None, max_gap: int = 15, min_eye_dist: float = 32.0,
@@ -112,21 +139,33 @@ def align_video(video: str, out_dir: str, size: int = 1024, center_sigma: float 
     (also with `timing_s`).
     """
     video = os.path.abspath(video)
-    if size < 16 or size % 2:
-        raise AlignError(f"--size must be an even number >= 16, got {size}")
+    if size < 16 or size % 2 or size > MAX_SIZE:
+        raise AlignError(f"--size must be an even number from 16 to {MAX_SIZE} (StyleGAN2 uses 1024), got {size}")
     if resample not in _INTERP:
         raise AlignError(f"unknown resampler {resample!r}; use one of {sorted(_INTERP)}")
     for name, sg in (("--center-sigma", center_sigma), ("--axes-sigma", axes_sigma)):
         if sg is not None and (not np.isfinite(sg) or sg < 0):
             raise AlignError(f"{name} must be a finite number >= 0 (frames), got {sg}")
     stab = make_stabiliser(stabiliser, center_sigma=center_sigma, axes_sigma=axes_sigma)
-    if max_gap < 0 or min_eye_dist < 0 or (max_frames is not None and max_frames < 1):
-        raise AlignError("--max-gap and --min-eye-dist must be >= 0 and --max-frames >= 1")
+    if max_gap < 0:
+        raise AlignError(f"--max-gap must be >= 0 (frames), got {max_gap}")
+    if not np.isfinite(min_eye_dist) or min_eye_dist < 0:
+        raise AlignError(f"--min-eye-dist must be a finite number >= 0 (px), got {min_eye_dist}")
+    if max_frames is not None and max_frames < 1:
+        raise AlignError(f"--max-frames must be >= 1, got {max_frames}")
+    atomic.check_output_dir(out_dir, overwrite, [video], is_aligned_dir, "aligned output directory")
     info = probe(video)
+    width, height = info.frame_size
+    if min(width, height) < 2 * min_eye_dist:
+        raise AlignError(f"{video} is only {width}x{height} px: too small to hold a face whose eyes are "
+                         f">= {min_eye_dist:g} px apart (--min-eye-dist); use the original, higher-resolution video")
     with atomic.output_dir(out_dir, overwrite=overwrite, inputs=[video], is_ours=is_aligned_dir,
                            what="aligned output directory") as tmp:
         return _align_into(tmp, video, info, size, stab, keep_roll, preview, max_gap,
                            min_eye_dist, max_frames, resample, detect_long_side, refine, log)
+
+
+MAX_SIZE = 4096  # crops beyond this are a typo: 4096² RGB is 48 MiB a frame
 
 
 def is_aligned_dir(path: str) -> bool:
@@ -237,19 +276,22 @@ def _align_into(tmp, video, info, size, stab, keep_roll, preview, max_gap, min_e
 def paste_video(video: str, aligned: str, transforms: str, out: str, mask_kind: str = "ellipse",
                 feather: float = 0.04, resample: str = "cubic", overwrite: bool = True) -> int:
     """Composite aligned frames (frames.npy / its directory / a video) back into `video`; writes `out` mp4."""
+    inputs = [video, aligned, transforms]
+    atomic.check_output_file(out, overwrite, inputs, "--out video")
     tf = load_transforms(transforms)
     quads = tf["quad"]
-    real_out = atomic.resolve_output(out, "--out")
-    atomic.check_not_input(real_out, [video, aligned, transforms], "--out")
-    if os.path.isdir(real_out):
-        raise AlignError(f"--out {real_out} is a directory; give an .mp4 file name")
-    if os.path.exists(real_out) and not overwrite:
-        raise AlignError(f"--out {real_out} already exists; choose another path or pass --overwrite")
     info = probe(video)
     if tuple(int(v) for v in tf["frame_size"]) != info.frame_size:
-        raise AlignError(f"transforms are for {tuple(tf['frame_size'])} frames but {video} is {info.frame_size}")
+        want = "x".join(str(int(v)) for v in tf["frame_size"])
+        raise AlignError(f"{transforms} is for {want} px frames but {video} is "
+                         f"{info.frame_size[0]}x{info.frame_size[1]} px; pass the video that was aligned")
     use_npy = aligned.endswith(".npy") or os.path.isdir(aligned)
     crops = iter(load_frames(aligned)) if use_npy else iter_frames(aligned)
+    with atomic.output_file(out, overwrite, inputs, "--out video") as tmp:
+        return _paste_into(tmp, video, info, crops, quads, aligned, mask_kind, feather, resample)
+
+
+def _paste_into(out, video, info, crops, quads, aligned, mask_kind, feather, resample):
     mask = None
     n = 0
     with VideoWriter(out, info.fps) as writer:
@@ -259,6 +301,9 @@ def paste_video(video: str, aligned: str, transforms: str, out: str, mask_kind: 
                 if t >= len(quads):
                     break
                 if mask is None:
+                    if crop.ndim != 3 or crop.shape[0] != crop.shape[1] or crop.shape[2] != 3:
+                        raise AlignError(f"the aligned crops in {aligned} are {crop.shape[1]}x{crop.shape[0]} px; "
+                                         "paste needs the square RGB crops that align writes")
                     mask = face_mask(crop.shape[0], mask_kind, feather)
                 writer.write(paste_back(frame, np.asarray(crop), quads[t], mask, resample))
                 n += 1

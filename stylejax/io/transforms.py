@@ -34,14 +34,31 @@ def load_transforms(path):
     """transforms.npz (or a directory holding one) as a dict of numpy arrays."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        path = os.path.join(path, FILE)
+        inside = os.path.join(path, FILE)
+        if not os.path.exists(inside):
+            raise TransformsError(f"cannot read transforms: the folder {path} holds no {FILE}; give the folder "
+                                  f"written by `python -m stylejax.align` or its {FILE}")
+        path = inside
     if not os.path.exists(path):
         raise TransformsError(f"cannot read transforms {path}: no such file")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, mmap_mode="r", allow_pickle=False)  # mmap: a large .npy given by mistake is not read
+    except OSError as err:
+        raise TransformsError(f"cannot read transforms {path}: {err.strerror or err}") from None
+    except Exception:  # numpy's own message would talk about pickles: not what the user needs to know
+        data = None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise TransformsError(f"cannot read transforms {path}: not an .npz archive (expected the {FILE} "
+                              "written by `python -m stylejax.align`)")
+    try:
+        with data:
             tf = {k: data[k] for k in data.files}
     except Exception as err:
-        raise TransformsError(f"cannot read transforms {path}: not a valid .npz ({str(err).splitlines()[0]})") from None
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "pickle" in msg:
+            raise TransformsError(f"cannot read transforms {path}: it holds Python objects, not the plain arrays "
+                                  f"of a {FILE}") from None
+        raise TransformsError(f"cannot read transforms {path}: a damaged .npz ({msg})") from None
     for key in REQUIRED:
         if key not in tf:
             raise TransformsError(f"cannot read transforms {path}: it has no '{key}' array")

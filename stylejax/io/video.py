@@ -11,6 +11,7 @@ memory-mapped with `np.load(path, mmap_mode="r")` / `load_frames`.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -71,6 +72,9 @@ def probe(path: str) -> VideoInfo:
     path = os.fspath(path)
     _check_readable(path)
     gen = imageio_ffmpeg.read_frames(path)
+    # imageio-ffmpeg logs a WARNING for rotated videos (display size != stored size); ffmpeg rotates the
+    # frames for us, and probe reports the displayed size, so there is nothing to warn about
+    logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)
     try:
         meta = next(gen)
     except Exception as err:  # imageio-ffmpeg raises OSError with the full ffmpeg log
@@ -172,22 +176,43 @@ class VideoWriter:
             import imageio_ffmpeg
 
             self._size = (w, h)
+            # ffmpeg's own log stays quiet (it would print several lines); a failure is reported below
             self._gen = imageio_ffmpeg.write_frames(
                 self._tmp, (_even(w), _even(h)), fps=self.fps, codec="libx264", pix_fmt_out="yuv420p",
-                quality=None, macro_block_size=1, output_params=["-crf", str(self.crf)], ffmpeg_log_level="error")
-            self._gen.send(None)
+                quality=None, macro_block_size=1, output_params=["-crf", str(self.crf)], ffmpeg_log_level="quiet")
+            self._send(None)
         elif (w, h) != self._size:
             raise VideoError(f"cannot write {self.path}: frame size changed from {self._size} to {(w, h)}")
         if h % 2 or w % 2:
             frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        self._gen.send(np.ascontiguousarray(frame))
+        self._send(np.ascontiguousarray(frame))
         self.frames_written += 1
+
+    def _send(self, frame) -> None:
+        try:
+            self._gen.send(frame)
+        except (OSError, RuntimeError) as err:  # ffmpeg exited: cannot create the file, disk full, ...
+            self.abort()
+            raise VideoError(f"cannot write video {self.path}: the ffmpeg encoder stopped "
+                             f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}); "
+                             "is the location writable and the disk not full?") from None
 
     def close(self) -> None:
         if self._gen is None:
             raise VideoError(f"cannot write {self.path}: no frames were given")
-        self._gen.close()
+        try:
+            self._gen.close()
+        except (OSError, RuntimeError) as err:
+            self._gen = None
+            self.abort()
+            raise VideoError(f"cannot write video {self.path}: the ffmpeg encoder failed "
+                             f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}); "
+                             "is the disk full?") from None
         self._gen = None
+        if not os.path.isfile(self._tmp) or os.path.getsize(self._tmp) == 0:
+            self.abort()
+            raise VideoError(f"cannot write video {self.path}: the ffmpeg encoder wrote nothing; is the location "
+                             "writable and the disk not full?")
         os.replace(self._tmp, self.path)
 
     def abort(self) -> None:
@@ -292,13 +317,27 @@ def load_frames(path: str) -> np.ndarray:
     """
     path = os.fspath(path)
     if os.path.isdir(path):
-        path = os.path.join(path, "frames.npy")
+        inside = os.path.join(path, "frames.npy")
+        if not os.path.exists(inside):
+            raise VideoError(f"cannot read frames: the folder {path} holds no frames.npy; give the folder "
+                             "written by `python -m stylejax.align`, its frames.npy, or a video of crops")
+        path = inside
     if not os.path.exists(path):
         raise VideoError(f"cannot read frames {path}: no such file")
     try:
-        frames = np.load(path, mmap_mode="r")
-    except Exception as err:
-        raise VideoError(f"cannot read frames {path}: not a valid .npy file ({err})") from None
+        frames = np.load(path, mmap_mode="r", allow_pickle=False)
+    except OSError as err:
+        raise VideoError(f"cannot read frames {path}: {err.strerror or err}") from None
+    except Exception as err:  # numpy's message for a non-.npy file talks about pickles: not the user's concern
+        with open(path, "rb") as f:
+            if f.read(6) == b"\x93NUMPY":
+                raise VideoError(f"cannot read frames {path}: a damaged or truncated .npy file "
+                                 f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        raise VideoError(f"cannot read frames {path}: not a .npy array file (expected the frames.npy "
+                         "written by `python -m stylejax.align`)") from None
+    if not isinstance(frames, np.ndarray):
+        raise VideoError(f"cannot read frames {path}: an .npz archive, not the frames.npy written by "
+                         "`python -m stylejax.align`")
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
         raise VideoError(f"cannot read frames {path}: expected uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
     return frames
