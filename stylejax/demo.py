@@ -147,6 +147,8 @@ def define_flags(fv):
     flags.DEFINE_string("outdir", "out/demo", "output directory", flag_values=fv)
     flags.DEFINE_integer("frames", 24, "frames of the synthetic clip", flag_values=fv)
     flags.DEFINE_bool("overwrite", True, "replace the demo's own previous outputs in --outdir", flag_values=fv)
+    flags.DEFINE_enum("condition", None, ["map", "zeros"], "StyleFlow source condition of the identity frame "
+                      "(default: configs/encode_tiny.py's)", flag_values=fv)
 
 
 def main(argv=None):
@@ -171,6 +173,8 @@ def run(args):
     outdir = os.path.realpath(args.outdir)
     os.makedirs(outdir, exist_ok=True)
     config = load_config(TINY_CONFIG)
+    if args.condition:
+        config.head_pose.condition = args.condition
 
     g, e4e, flow = tiny_networks()
     lp, lpips_note = lpips_network()
@@ -235,7 +239,7 @@ def run(args):
             "psnr_db": metrics["psnr_db"], "psnr_db_min": metrics["psnr_db_min"], "ssim": metrics["ssim"],
             "lpips": metrics["lpips"], "recovery_error": err, "id_frame": idf, "frames": saved.num_frames,
             "bytes_per_frame": saved.bytes_per_frame, "stage_seconds": summary["stage_seconds"],
-            "lpips_weights": lpips_note, "random_weights": True, "encoding": enc_path, "video": video,
+            "lpips_weights": lpips_note, "random_weights": True, "condition": config.head_pose.condition, "encoding": enc_path, "video": video,
             "side_by_side": sbs, "seconds": round(seconds, 1)}
 
 

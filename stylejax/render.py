@@ -10,11 +10,15 @@ encoding; the generator must be the one that made it (checked by fingerprint).
 """
 import os
 import sys
+import warnings
 
 from absl import flags
 
 from stylejax import cli
 from stylejax.errors import UserError
+
+# ffmpeg runs via fork+exec after JAX starts; its warning is about children that keep running Python
+warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
 
 
 def define_flags(fv):

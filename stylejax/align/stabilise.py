@@ -92,8 +92,8 @@ class Stabiliser:
         if int(self.order) != self.order or not 0 <= self.order <= 6:
             raise StabiliserError(f"--order must be an integer from 0 to 6, got {self.order}")
         for name in ("center_sigma", "axes_sigma"):
-            if not getattr(self, name) >= 0:
-                raise StabiliserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+            if not (np.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise StabiliserError(f"--{name.replace('_', '-')} must be a finite number >= 0 (frames), got {getattr(self, name)}")
 
     @property
     def reach(self) -> int:

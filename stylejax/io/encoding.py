@@ -184,6 +184,9 @@ def save_encoding(path: str, enc: Encoding) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an encoding is an ordinary user file
         os.replace(tmp, path)
     except BaseException as err:
         if os.path.exists(tmp):
