@@ -780,18 +780,26 @@ def _load_zip(path, extra_globals, load):
             with zf.open(root + "byteorder") as f:
                 big_endian = f.read(16).strip() == b"big"
         storages = {}
+        from stylejax import cli
+
+        # a bar over the tensor storages read (large files: e4e is ~1.2 GB); quiet off a terminal / --json
+        bar = cli.progress(total=sum(n.startswith(root + "data/") for n in names), desc="read", unit="tensor")
 
         def persistent_load(pid):
             dtype, key, numel = _check_storage_pid(pid)
             if key not in storages:
                 storages[key] = _read_zip_storage(zf, f"{root}data/{key}", key, dtype, numel, big_endian,
                                                   load.budget)
+                bar.update(1)
             return storages[key]
 
         info = zf.getinfo(pkl[0])
-        with zf.open(info) as f:
-            return _unpickle(f, load.table(extra_globals), persistent_load, load.budget,
-                             available=info.file_size, exact=False)
+        try:
+            with zf.open(info) as f:
+                return _unpickle(f, load.table(extra_globals), persistent_load, load.budget,
+                                 available=info.file_size, exact=False)
+        finally:
+            bar.close()
 
 
 def is_torch_file(path):

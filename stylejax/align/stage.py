@@ -216,8 +216,11 @@ def _align_into(tmp, video, info, size, stab, keep_roll, preview, max_gap, min_e
                 in_flight.popleft().result()
 
     try:
+        total = info.approx_frames if max_frames is None else min(max_frames, info.approx_frames)
+        bar = cli.progress(total=total or None, desc="align", unit="frame")
         for t, frame, lm in _landmark_stream(video, info, max_frames, max_gap, min_eye_dist, detect_long_side,
                                              refine, log):
+            bar.update(1)
             valid.append(lm is not None)
             landmarks.append(lm if lm is not None else np.zeros((68, 2)))
             pending.append((t, frame))
@@ -243,6 +246,7 @@ def _align_into(tmp, video, info, size, stab, keep_roll, preview, max_gap, min_e
         for arr in (c_raw, x_raw, landmarks):
             for i in range(last + 1, len(arr)):
                 arr[i] = arr[last]
+        bar.close()
         submit(len(c_raw) - 1, final=True)
         while in_flight:
             in_flight.popleft().result()
