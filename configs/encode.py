@@ -10,7 +10,7 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.chunk_size = 0          # frames per optimisation chunk; 0 = auto (per backend and device count)
-    c.microbatch = 0          # frames per sequential group inside a step; 0 = auto (8 on CPU, whole chunk on GPU/TPU)
+    c.microbatch = 0          # frames per sequential group inside a step (bounds memory); 0 = the whole chunk at once
     c.dtype = "float32"       # compute dtype of the generator convs during optimisation ("bfloat16" on GPU/TPU)
     c.loss_size = 256         # images are compared at min(loss_size, generator resolution)
 

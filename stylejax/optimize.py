@@ -26,26 +26,51 @@ def adam(lr, steps):
     return make(lr)
 
 
+def _grouping(tree, microbatch):
+    """(group, ungroup) for sequential groups of `microbatch` frames, or None when the whole batch runs at
+    once (no microbatch, or one that does not tile the frames)."""
+    t = jax.tree_util.tree_leaves(tree)[0].shape[0]
+    if not microbatch or microbatch >= t or t % microbatch:
+        return None
+    group = lambda x: jax.tree_util.tree_map(lambda a: a.reshape((t // microbatch, microbatch) + a.shape[1:]), x)
+    ungroup = lambda x: jax.tree_util.tree_map(lambda a: a.reshape((t,) + a.shape[2:]), x)
+    return group, ungroup
+
+
 def per_frame_losses(loss_fn, params, nets, batch, microbatch):
     """loss_fn(params, nets, batch) -> [T]. With `microbatch` m (dividing T) the frames are evaluated in
     sequential groups of m inside the same program (`lax.map`), which is faster on CPU for large T."""
-    t = jax.tree_util.tree_leaves(batch)[0].shape[0]
-    if not microbatch or microbatch >= t or t % microbatch:
+    grouping = _grouping(batch, microbatch)
+    if grouping is None:
         return loss_fn(params, nets, batch)
-    groups = lambda tree: jax.tree_util.tree_map(lambda a: a.reshape((t // microbatch, microbatch) + a.shape[1:]), tree)
-    out = jax.lax.map(lambda pb: loss_fn(pb[0], nets, pb[1]), (groups(params), groups(batch)))
-    return out.reshape(t)
+    group, ungroup = grouping
+    return ungroup(jax.lax.map(lambda pb: loss_fn(pb[0], nets, pb[1]), (group(params), group(batch))))
 
 
 def make_step(loss_fn, optimizer, microbatch=0):
     """(params, opt_state, nets, batch) -> (params, opt_state, per-frame loss [T]); `batch["mask"]` [T]
-    zeroes padded frames. Jit it once per stage (the caller chooses shardings and donation)."""
+    zeroes padded frames. Jit it once per stage (the caller chooses shardings and donation).
+
+    With `microbatch` m (dividing T) each group of m frames takes its loss *and gradient* inside one
+    `lax.map` iteration: frame t's loss depends only on frame t's parameters, so the gradient of the sum
+    splits exactly into per-group gradients. Differentiating through the map instead would keep every
+    group's forward activations alive until the backward loop (memory O(T), the working set of the whole
+    batch); this way only one group's forward and backward are live at a time, which is what keeps a
+    large chunk as fast per frame as a small one on CPU (scripts/bench_encode.py)."""
     def total(params, nets, batch):
-        per = per_frame_losses(loss_fn, params, nets, batch, microbatch)
+        per = loss_fn(params, nets, batch)
         return jnp.sum(per * batch["mask"]), per
 
+    loss_and_grad = jax.value_and_grad(total, has_aux=True)
+
     def step(params, opt_state, nets, batch):
-        (_, per), grads = jax.value_and_grad(total, has_aux=True)(params, nets, batch)
+        grouping = _grouping(batch, microbatch)
+        if grouping is None:
+            (_, per), grads = loss_and_grad(params, nets, batch)
+        else:
+            group, ungroup = grouping
+            (_, per), grads = jax.lax.map(lambda pb: loss_and_grad(pb[0], nets, pb[1]), (group(params), group(batch)))
+            per, grads = ungroup(per), ungroup(grads)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, per
 

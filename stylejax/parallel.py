@@ -40,10 +40,13 @@ def default_chunk_size(num_devices=None, backend=None):
 
 
 def default_microbatch(backend=None):
-    """Frames evaluated together inside a step. On CPU, XLA's convolutions run faster on small batches
-    that stay in cache than on one large batch (see scripts/bench_encode.py), so a step maps over groups of
-    8 frames; accelerators take the whole chunk at once."""
-    return 8 if (backend or jax.default_backend()) == "cpu" else 0
+    """Frames evaluated together inside a step; 0 = the whole chunk at once, on every backend. On CPU a
+    step mapped over groups (`lax.map`) measured slower than both the whole chunk and the per-frame loop:
+    XLA's CPU backend runs the backward convolutions inside the loop body outside its fast (YNNPACK) path
+    (scripts/bench_encode.py, docs_snippets/bench_encode.md), while the whole chunk stays faster than
+    one frame at a time up to T = 256. Set `config.microbatch` to bound memory, not for speed."""
+    del backend
+    return 0
 
 
 def pad_to(n, multiple):
