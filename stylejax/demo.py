@@ -143,6 +143,22 @@ def synthesise(g, flow, id_latent, pose, offsets, channels, rk4_steps):
     return np.concatenate([to_uint8(img) for _, _, img in iter_renders(enc, g, flow, chunk=8)])
 
 
+def synthetic_workdir(path, frames, pose_deg):
+    """A work directory whose align stage holds the synthetic clip as alignment would report it: level crops
+    (each quad is the whole frame), the roll plus a constant 3° camera tilt, and the landmarks of the generic
+    face posed like the head. Returns the `pipeline.Workdir`."""
+    from stylejax import pipeline
+
+    size = frames.shape[1]
+    quad = np.tile(np.array([[0, 0], [0, size], [size, size], [size, 0]], np.float64) - 0.5, (len(frames), 1, 1))
+    workdir = pipeline.Workdir(path)
+    pipeline.write_aligned(workdir, frames, quad=quad, roll_deg=pose_deg[:, 2] + 3.0, fps=np.float64(25.0),
+                           frame_size=np.array([256, 256], np.int32), size=np.int32(size),
+                           landmarks=synthetic_landmarks(pose_deg).astype(np.float32),
+                           valid=np.ones(len(frames), bool))
+    return workdir
+
+
 def define_flags(fv):
     flags.DEFINE_string("outdir", "out/demo", "output directory", flag_values=fv)
     flags.DEFINE_integer("frames", 16, "frames of the synthetic clip", flag_values=fv)
@@ -194,16 +210,11 @@ def run(args):
         json.dump({"channels": channels}, f)
     config.attributes.channels = channels_file
     size = frames.shape[1]
-    quad = np.tile(np.array([[0, 0], [0, size], [size, size], [size, 0]], np.float64) - 0.5, (len(frames), 1, 1))
     workdir_path = os.path.join(outdir, "workdir")
     if os.path.isdir(workdir_path) and args.overwrite and os.path.isfile(os.path.join(workdir_path, pipeline.MARKER)):
         import shutil
         shutil.rmtree(workdir_path)  # ours (marked): the demo always starts from scratch
-    workdir = pipeline.Workdir(workdir_path)
-    pipeline.write_aligned(workdir, frames, quad=quad, roll_deg=pose_true[:, 2] + 3.0, fps=np.float64(25.0),
-                           frame_size=np.array([256, 256], np.int32), size=np.int32(size),
-                           landmarks=synthetic_landmarks(pose_true).astype(np.float32),
-                           valid=np.ones(len(frames), bool))
+    workdir = synthetic_workdir(workdir_path, frames, pose_true)
     say(f"[target] {len(frames)} frames at {size}px from a random identity with known yaw, pitch, roll and "
         f"{NUM_CHANNELS} StyleSpace offsets")
 

@@ -90,7 +90,7 @@ class Optimiser:
 
     def run(self, params, nets, batch, stage="optimisation", bar=None):
         """Returns (params, per-frame loss of the final params) as numpy arrays."""
-        opt_state = self.optimizer.init(params)
+        opt_state = on_mesh_of(self.optimizer.init(params), params)
         for _ in range(self.steps):
             params, opt_state, _ = self._step(params, opt_state, nets, batch)
             if bar is not None:
@@ -101,6 +101,17 @@ class Optimiser:
 
     def loss(self, params, nets, batch):
         return np.asarray(self._loss(params, nets, batch))
+
+
+def on_mesh_of(state, params):
+    """`state` with its scalars (Adam's step counts) replicated on the mesh of `params`. `init` leaves them
+    uncommitted while the step returns them on the mesh, so the second step would trace and compile the step
+    again."""
+    mesh = getattr(getattr(jax.tree_util.tree_leaves(params)[0], "sharding", None), "mesh", None)
+    if mesh is None:
+        return state
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.tree_util.tree_map(lambda a: jax.device_put(a, replicated) if jnp.ndim(a) == 0 else a, state)
 
 
 def check_finite(loss, mask, stage):

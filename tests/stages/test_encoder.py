@@ -1,0 +1,349 @@
+"""The encoder (invert, select_id, head_pose, attributes) on the synthetic clip of `stylejax.demo`, whose answer
+is known: closed-loop recovery from the saved encoding; runs that must agree (chunk sizes, 1 vs 4 devices,
+runs resumed after a stage or inside a chunk); the encoding's round trip; non-finite losses.
+
+Cost on 2 CPU cores, about 2.5 min: the networks ~20 s, the closed loop ~55 s; every other encode runs a few
+optimiser steps, so its time is compilation (~10 s a stage): the comparison runs share two module-scoped encodes,
+and the 4-device run compiles in a background process meanwhile.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tiny_encoder
+from conftest import REPO
+from stylejax import demo, optimize, pipeline
+from stylejax.io.encoding import load_encoding
+from stylejax.optimize import NonFiniteLossError, Optimiser
+
+# the video writer forks ffmpeg after JAX started; harmless here (nothing of JAX runs in the child)
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called")
+
+CLOSED_LOOP_FRAMES = 8  # one period of the demo's pose and offset curves
+FRAMES = 10  # comparison runs: chunks of 4 are 4, 4 and a padded 2
+STAGES = ("invert", "select_id", "head_pose", "attributes")
+
+
+def quiet(msg):
+    pass
+
+
+def truth_and_frames(num_frames, rk4_steps=8):
+    g, _, flow, _ = tiny_encoder.networks()
+    truth = demo.ground_truth(g, flow, num_frames)
+    return truth, demo.synthesise(g, flow, *truth, rk4_steps)
+
+
+class Recorder:
+    """Wraps the optimiser: records the stage of each optimised chunk and counts the traces of the optimiser
+    steps (each trace is one compilation); optionally raises KeyboardInterrupt (Ctrl-C) right after the n-th
+    chunk of a stage was optimised, before its results are written or the chunk is marked."""
+
+    last = None  # the latest instance (a run that raised leaves no other handle on it)
+
+    def __init__(self, monkeypatch, interrupt=None):
+        self.stages, self.traces = [], 0
+        Recorder.last = self
+        run, make_step = Optimiser.run, optimize.make_step
+
+        def recording_run(opt, *args, **kwargs):
+            out = run(opt, *args, **kwargs)
+            stage = kwargs.get("stage")
+            self.stages.append(stage)
+            if interrupt == (stage, self.stages.count(stage)):
+                raise KeyboardInterrupt
+            return out
+
+        def counting_make_step(*args, **kwargs):
+            step = make_step(*args, **kwargs)
+
+            def traced(*a):
+                self.traces += 1  # Python runs only while jax traces the step
+                return step(*a)
+            return traced
+
+        monkeypatch.setattr(Optimiser, "run", recording_run)
+        monkeypatch.setattr(optimize, "make_step", counting_make_step)
+
+
+def float16_ulps(a, b):
+    """|a - b| in units of the float16 spacing at the larger magnitude (encodings store frames as float16)."""
+    scale = np.spacing(np.maximum(np.abs(a), np.abs(b)).astype(np.float16)).astype(np.float32)
+    return np.abs(a - b) / scale
+
+
+STAGE_ARRAYS = (("invert", "ws.npy"), ("select_id", "id_latent.npy"), ("head_pose", "cond_src.npy"),
+                ("head_pose", "pose.npy"), ("head_pose", "ws_pose.npy"), ("attributes", "pose.npy"),
+                ("attributes", "offsets.npy"))
+
+
+def assert_same_run(a, b, exact=False):
+    """Two encodes of one clip agree: the float32 stage outputs of their work directories to 1e-4 (latents,
+    degrees, offsets; measured <= 4e-6 between chunk sizes: XLA's kernels for other batch shapes round
+    differently) and the saved float16 frames to one rounding step; with `exact`, to the bit."""
+    for stage, name in STAGE_ARRAYS:
+        x, y = (np.load(os.path.join(r["workdir"], stage, name)) for r in (a, b))
+        if exact:
+            np.testing.assert_array_equal(x, y, err_msg=f"{stage}/{name}")
+        else:
+            np.testing.assert_allclose(x, y, rtol=0, atol=1e-4, err_msg=f"{stage}/{name}")
+    ea, eb = load_encoding(a["path"]), load_encoding(b["path"])
+    assert ea.channels == eb.channels and ea.num_frames == eb.num_frames == FRAMES
+    for x, y in ((ea.pose_deg, eb.pose_deg), (ea.offsets, eb.offsets)):
+        assert float16_ulps(x, y).max() <= (0 if exact else 1)
+    np.testing.assert_array_equal(ea.quad, eb.quad)
+
+
+def stage_markers(workdir_path):
+    return {s: open(os.path.join(workdir_path, s, "done.json")).read() for s in STAGES
+            if os.path.isfile(os.path.join(workdir_path, s, "done.json"))}
+
+
+# ------------------------------------------------------------------------------------------------ closed loop
+
+@pytest.fixture(scope="module")
+def closed_loop(tmp_path_factory):
+    """The demo's closed loop with configs/encode_tiny.py, encoded once: frames synthesised from a known
+    identity, pose and offsets through the encoder's own model, then encoded and saved."""
+    d = tmp_path_factory.mktemp("closed_loop")
+    config = demo.load_config(demo.TINY_CONFIG)
+    config.chunk_size = CLOSED_LOOP_FRAMES  # one chunk without padding (the chunk size changes nothing: below)
+    truth, frames = truth_and_frames(CLOSED_LOOP_FRAMES, int(config.head_pose.rk4_steps))
+    channels_file = d / "channels.json"
+    channels_file.write_text(json.dumps({"channels": truth[3]}))
+    config.attributes.channels = str(channels_file)
+    workdir = demo.synthetic_workdir(str(d / "workdir"), frames, truth[1])
+    _, summary = pipeline.encode(workdir, tiny_encoder.nets(), config, out=str(d / "clip.enc"), log=quiet)
+    return {"truth": truth, "frames": frames, "summary": summary, "path": str(d / "clip.enc")}
+
+
+def test_closed_loop_recovers_the_clip(closed_loop):
+    import jax.numpy as jnp
+
+    from stylejax import metrics
+    from stylejax.pipeline import fingerprint
+    from stylejax.stages.render import iter_renders
+
+    g, _, flow, _ = tiny_encoder.networks()
+    id_true, pose_true, off_true, channels = closed_loop["truth"]
+    enc = load_encoding(closed_loop["path"], expected_fingerprint=fingerprint(g))
+    assert enc.channels == tuple(channels) and enc.num_frames == CLOSED_LOOP_FRAMES and enc.bytes_per_frame == 70
+    # frame 0 is the true identity (pose and offsets 0) and the only frame within the tiny config's 2° of frontal
+    assert closed_loop["summary"]["id_frame"] == 0
+
+    # re-synthesis from the saved (float16) file, rendered here, against the synthetic frames
+    target = closed_loop["frames"].astype(np.float32) / 127.5 - 1.0
+    images = np.concatenate([img for _, _, img in iter_renders(enc, g, flow, chunk=8)])
+    psnr = np.asarray(metrics.psnr(jnp.asarray(images), jnp.asarray(target)))
+    # measured 57.9-58.5 dB per frame (uint8 quantisation of the target alone caps it near 59 dB); 45 dB is the
+    # issue's bound, 13 dB of margin
+    assert psnr.min() >= 45.0, psnr
+    assert closed_loop["summary"]["psnr_db"] == pytest.approx(float(psnr.mean()), abs=0.01)
+
+    err = np.abs(enc.pose_deg - pose_true)  # truth relative to frame 0, which is all zero
+    # yaw and pitch (ranges ±10° and 0..6°): measured max errors 0.17° and 0.19° (0.34° and 0.19° on 12 frames);
+    # bound 1°, 3x the worst seen
+    assert err[:, 0].max() < 1.0 and err[:, 1].max() < 1.0, err
+    # roll is bookkeeping: the alignment's roll relative to the identity frame, stored as float16 (half a
+    # float16 step at 4-8° is 0.002°); measured 0.0013°
+    assert err[:, 2].max() < 0.01, err
+    # offsets: each channel's max error relative to its amplitude; measured median 0.12 (the weakest channels of
+    # a random 32 px generator are poorly identifiable, max ~0.8); bound 0.3 on the median
+    rel = np.abs(enc.offsets - off_true).max(axis=0) / np.abs(off_true).max(axis=0)
+    assert np.median(rel) < 0.3, rel
+
+
+# ------------------------------------------------------------------------------------------------ comparisons
+
+@pytest.fixture(scope="module")
+def clip():
+    return truth_and_frames(FRAMES)
+
+
+@pytest.fixture(scope="module")
+def nets_dir(tmp_path_factory):
+    return tiny_encoder.save_networks(str(tmp_path_factory.mktemp("nets")))
+
+
+def encode_clip(directory, clip, chunk, interrupt=None):
+    """Encodes the clip in `directory`/workdir with the few-step config; returns the run's record."""
+    truth, frames = clip
+    workdir = demo.synthetic_workdir(os.path.join(directory, "workdir"), frames, truth[1])
+    out = os.path.join(directory, "clip.enc")
+    with pytest.MonkeyPatch.context() as mp:
+        rec = Recorder(mp, interrupt)
+        _, summary = pipeline.encode(workdir, tiny_encoder.nets(), tiny_encoder.few_steps_config(chunk), out=out,
+                                     log=quiet)
+    return {"workdir": workdir.path, "path": out, "summary": summary, "stages": rec.stages, "traces": rec.traces}
+
+
+DRIVER = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import jax
+import tiny_encoder
+from stylejax import pipeline
+from stylejax.nets import load
+
+nets = pipeline.Nets(**{{k: load(v) for k, v in {nets!r}.items()}}).check()
+enc, summary = pipeline.encode(pipeline.Workdir({workdir!r}), nets, tiny_encoder.few_steps_config(4), out={out!r},
+                               log=lambda msg: None)
+print(json.dumps({{"devices": summary["devices"], "chunk": summary["chunk_size"], "jax": jax.device_count()}}))
+"""
+
+
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory, clip, nets_dir):
+    """Chunks of 4 frames split over 4 forced CPU devices, in a background process started as early as the
+    module allows: its compilation (one core) overlaps with this process's encodes."""
+    d = str(tmp_path_factory.mktemp("four_devices"))
+    truth, frames = clip
+    workdir = demo.synthetic_workdir(os.path.join(d, "workdir"), frames, truth[1])
+    out = os.path.join(d, "clip.enc")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
+               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip())
+    code = DRIVER.format(tests=os.path.join(REPO, "tests"), nets=nets_dir, workdir=workdir.path, out=out)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    yield {"proc": proc, "workdir": workdir.path, "path": out}
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def start_four_devices_early(request):
+    if any(item.name == "test_four_devices_give_the_encoding_of_one" for item in request.session.items):
+        request.getfixturevalue("four_devices")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, clip):
+    """All FRAMES frames in one chunk on one device, uninterrupted."""
+    run = encode_clip(str(tmp_path_factory.mktemp("reference")), clip, FRAMES)
+    assert run["summary"]["chunk_size"] == FRAMES and run["summary"]["devices"] == 1
+    assert run["stages"] == ["invert", "head_pose", "attributes"]
+    return run
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory, clip):
+    """Chunks of 4 (4, 4, 2): Ctrl-C right after the second attributes chunk was optimised, then the same call
+    again on the same work directory."""
+    d = str(tmp_path_factory.mktemp("interrupted"))
+    with pytest.raises(KeyboardInterrupt):
+        encode_clip(d, clip, 4, interrupt=("attributes", 2))
+    workdir = os.path.join(d, "workdir")
+    state = {"markers": stage_markers(workdir), "files": sorted(os.listdir(os.path.join(workdir, "attributes"))),
+             "out": os.path.exists(os.path.join(d, "clip.enc"))}
+    mtimes = {s: os.stat(os.path.join(workdir, s, "done.json")).st_mtime_ns for s in state["markers"]}
+    first = Recorder.last
+    run = encode_clip(d, clip, 4)
+    run.update(first=first, after_interrupt=state, mtimes_before=mtimes,
+               mtimes_after={s: os.stat(os.path.join(workdir, s, "done.json")).st_mtime_ns for s in mtimes})
+    return run
+
+
+def test_chunked_equals_unchunked(reference, interrupted):
+    # every frame is its own problem and its random key depends on the global frame index: chunks of 4 (the
+    # last one padded) reproduce one chunk of 10
+    assert interrupted["summary"]["chunk_size"] == 4
+    assert_same_run(interrupted, reference)
+
+
+def test_resume_inside_an_interrupted_chunk(interrupted):
+    first, state = interrupted["first"], interrupted["after_interrupt"]
+    assert first.stages == ["invert"] * 3 + ["head_pose"] * 3 + ["attributes"] * 2
+    # Ctrl-C left the finished stages and the first attributes chunk marked, nothing of the interrupted chunk
+    assert set(state["markers"]) == {"invert", "select_id", "head_pose"}
+    assert "chunk-0000000.done" in state["files"] and "chunk-0000004.done" not in state["files"]
+    assert not state["out"]
+    # the rerun optimised only the interrupted chunk and the one after it, and left the finished stages alone
+    assert interrupted["stages"] == ["attributes", "attributes"]
+    assert interrupted["mtimes_after"] == interrupted["mtimes_before"]
+
+
+def test_each_stage_compiles_its_step_once(interrupted):
+    # one program serves every chunk of a stage, the padded last one included (the step was compiled twice when
+    # the optimiser state's step counter changed placement after the first step)
+    assert interrupted["first"].traces == 3  # invert, head_pose, attributes: 8 chunks
+
+
+def test_resume_after_a_stage(reference, tmp_path):
+    copy = dict(reference, workdir=str(tmp_path / "workdir"), path=str(tmp_path / "clip.enc"))
+    shutil.copytree(reference["workdir"], copy["workdir"])
+    attributes = os.path.join(copy["workdir"], "attributes")
+    for name in os.listdir(attributes):
+        if name == "done.json" or name.startswith("chunk-"):
+            os.remove(os.path.join(attributes, name))
+    done = lambda: {s: os.stat(os.path.join(copy["workdir"], s, "done.json")).st_mtime_ns for s in STAGES[:3]}
+    before = done()
+    with pytest.MonkeyPatch.context() as mp:
+        rec = Recorder(mp)
+        pipeline.encode(pipeline.Workdir(copy["workdir"]), tiny_encoder.nets(), tiny_encoder.few_steps_config(FRAMES),
+                        out=copy["path"], log=quiet)
+    assert rec.stages == ["attributes"] and done() == before
+    # the same program on the same inputs: the same bits (the earlier stages' arrays are compared too)
+    assert_same_run(copy, reference, exact=True)
+
+
+def test_four_devices_give_the_encoding_of_one(four_devices, reference):
+    try:
+        stdout, stderr = four_devices["proc"].communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        four_devices["proc"].kill()
+        raise
+    assert four_devices["proc"].returncode == 0, stderr[-3000:]
+    assert json.loads(stdout.strip().splitlines()[-1]) == {"devices": 4, "chunk": 4, "jax": 4}
+    # one frame per device: the same per-frame programs as on one device, up to the kernels' rounding
+    assert_same_run(four_devices, reference)
+
+
+# ------------------------------------------------------------------------------------------------ the file
+
+def test_encoding_round_trip(reference, tmp_path):
+    """What `encode` saved (float16 frames) is what the work directory holds (float32) to float16 rounding, and
+    saving what was read gives the same file contents."""
+    from stylejax.io.encoding import save_encoding
+
+    config = tiny_encoder.few_steps_config(FRAMES)
+    ctx = pipeline.make_context(pipeline.Workdir(reference["workdir"]), tiny_encoder.nets(), config, quiet)
+    exact = pipeline.assemble(ctx)
+    saved = load_encoding(reference["path"], expected_fingerprint=ctx.nets.fingerprint("generator"))
+    assert float16_ulps(saved.pose_deg, exact.pose_deg).max() <= 0.5  # rounded to nearest
+    assert float16_ulps(saved.offsets, exact.offsets).max() <= 0.5
+    np.testing.assert_array_equal(saved.id_latent, exact.id_latent)
+    np.testing.assert_array_equal(saved.quad, exact.quad)
+    assert (saved.channels, saved.fps, saved.resolution, saved.frame_size, saved.pose_model, saved.settings) == \
+        (exact.channels, 25.0, 32, (256, 256), "styleflow-rk4-8", json.loads(json.dumps(exact.settings)))
+    assert saved.settings["id_frame"] == reference["summary"]["id_frame"]
+    save_encoding(str(tmp_path / "again.enc"), saved)
+    again = load_encoding(str(tmp_path / "again.enc"))
+    for field in ("id_latent", "pose_deg", "offsets", "quad"):
+        np.testing.assert_array_equal(getattr(again, field), getattr(saved, field))
+    assert (again.channels, again.settings, again.generator_fingerprint) == \
+        (saved.channels, saved.settings, saved.generator_fingerprint)
+
+
+# ------------------------------------------------------------------------------------------------ failures
+
+def test_non_finite_loss_stops_the_stage(clip, tmp_path):
+    truth, frames = clip
+    workdir = demo.synthetic_workdir(str(tmp_path / "workdir"), frames, truth[1])
+    config = tiny_encoder.few_steps_config(FRAMES)
+    config.invert.steps = 2
+    config.invert.lr = 1e30  # Adam moves the latent by ~lr: the generator's demodulation overflows
+    with pytest.raises(NonFiniteLossError) as e:
+        pipeline.encode(workdir, tiny_encoder.nets(), config, out=str(tmp_path / "clip.enc"), log=quiet)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("invert: non-finite loss at ") and msg.endswith(
+        "lower the stage's learning rate or check the networks")
+    assert stage_markers(workdir.path) == {}
+    assert not os.path.exists(os.path.join(workdir.path, "invert", "chunk-0000000.done"))
+    assert not (tmp_path / "clip.enc").exists()
