@@ -5,15 +5,7 @@
                              [--keep-roll] [--preview] [--max-gap 15]
     python -m stylejax.align paste --video ORIG --aligned DIR_OR_FRAMES --transforms DIR/transforms.npz --out OUT.mp4
 
-Conventions (all coordinates are original-frame pixels with pixel centres at integers, x right, y down):
-* crop frame: centre `c`, horizontal half-axis `x`, vertical half-axis `y = (-x_y, x_x)` (x turned 90° so it
-  points down the face). `quad = [c-x-y, c-x+y, c+x+y, c+x-y]` = top-left, bottom-left, bottom-right,
-  top-right corners of the crop, as in the FFHQ script. Corner k sits at the outer edge of the crop's corner
-  pixel (the FFHQ script's `quad + 0.5` passed to PIL), so the crop pixel (col j, row i) samples the frame
-  at `TL + (TR-TL)·(j+0.5)/S + (BL-TL)·(i+0.5)/S`.
-* `roll_deg = degrees(atan2(x_y, x_x))`: the angle of the eye line against the image horizontal. Positive
-  = clockwise on screen (the line falls towards the image's right side: the head leans towards the
-  viewer's right). Level eyes give 0.
+Coordinate, quad and roll conventions: `stylejax.align.geometry` (the one place they are stated).
 """
 from __future__ import annotations
 
