@@ -80,7 +80,7 @@ def build_networks(name, seed=0):
     elif name == "f":
         gcfg, ecfg, fcfg = config_f(1024), E4EConfig(), StyleFlowConfig()
     else:
-        raise SystemExit(f"error: --config must be tiny, small64 or f, got {name!r}")
+        fail(f"--config must be tiny, small64 or f, got {name!r}")
     g = jax.jit(Generator.random, static_argnums=0)(gcfg, k_g)
     # scale ToRGB so random images stay about [-1, 1] (as the demo does): the losses see realistic ranges
     synthesis = {k: ({**b, "torgb": {**b["torgb"], "weight": b["torgb"]["weight"] * 0.2,
@@ -146,8 +146,14 @@ def stage_problem(stage, g, flow, lp, config, t, dtype, seed=0):
             params.update(yaw=rng.uniform(-5, 5, t).astype(np.float32), pitch=rng.uniform(-5, 5, t).astype(np.float32))
             lr = {"offsets": cfg.lr, "yaw": cfg.pose_lr, "pitch": cfg.pose_lr}
     else:
-        raise SystemExit(f"error: unknown stage {stage!r}; choose from {', '.join(STAGES)}")
+        fail(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
     return loss, lr, cfg, nets, params, batch
+
+
+def fail(message):
+    """A user error: one line, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def take(tree, lo, hi):
@@ -355,7 +361,7 @@ def parse_ints(text, name):
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise SystemExit(f"error: {name} must be comma-separated integers, got {text!r}") from None
+        fail(f"{name} must be comma-separated integers, got {text!r}")
 
 
 def main(argv=None):
@@ -388,7 +394,7 @@ def main(argv=None):
     gpu = dev.platform != "cpu"
     ts = parse_ints(args.T, "--T") if args.T else ([1, 8, 32, 128, 256] if gpu else [1, 8, 32, 64])
     if not ts or min(ts) < 1:
-        raise SystemExit("error: --T needs frame counts >= 1")
+        fail("--T needs frame counts >= 1")
     args.steps = args.steps or (5 if gpu else 1)
     args.rounds = args.rounds or (2 if gpu else 3)
     args.min_window = args.min_window if args.min_window is not None else (0.2 if gpu else 0.5)
@@ -397,14 +403,14 @@ def main(argv=None):
     if args.compare_microbatch:
         items = [v.strip() for v in args.compare_microbatch.split(",") if v.strip()]
         if not items or not all(v.isdigit() or (v.startswith("old") and v[3:].isdigit()) for v in items):
-            raise SystemExit(f"error: --compare-microbatch takes integers or oldN, got {args.compare_microbatch!r}")
+            fail(f"--compare-microbatch takes integers or oldN, got {args.compare_microbatch!r}")
         micro_settings = [v if v.startswith("old") else int(v) for v in items]
     else:
         micro_settings = [default_micro if args.microbatch < 0 else args.microbatch]
     stages = [] if args.stages == "none" else [s.strip() for s in args.stages.split(",") if s.strip()]
     for s in stages:
         if s not in STAGES:
-            raise SystemExit(f"error: unknown stage {s!r}; choose from {', '.join(STAGES)} or none")
+            fail(f"unknown stage {s!r}; choose from {', '.join(STAGES)} or none")
 
     g, e4e, flow, lp, note = build_networks(args.config)
     config = encode_config(args.config)
