@@ -13,22 +13,26 @@ on random networks and random targets:
   loop     the same step jitted for T = 1, called once per frame           -> frame-steps/s
   ratio    batched / loop (> 1: batching wins)
 
-Batched and loop are timed alternately for --rounds rounds and the best round of each is kept (the machine
-may be shared; the fastest round is the least disturbed one). The loop's rate does not depend on T (each
-call is one frame), so at large T it is timed on at most --loop-frames frames per step.
+Batched and loop are timed alternately for --rounds rounds over the same work (T frame-steps; --loop-frames
+caps the loop's share) and the best round of each is kept: the machine may be shared, and the fastest round
+is the least disturbed one. `cpu-ratio` is the same ratio in process CPU seconds per frame-step, which
+descheduling by other processes does not inflate (but it counts both cores of a parallel op).
 
-Also per T: XLA's FLOP count per frame-step (cost_analysis of the step compiled without microbatching,
-because XLA counts a `lax.map` body once, not once per group), the step's memory, and on GPU/TPU the MFU
-against the bf16 dense peak (from the device kind, or --peak-tflops). Memory: on CPU the compiled program's
-memory_analysis() (temporaries + arguments + outputs, "compiled"); on GPU memory_stats()['peak_bytes_in_use']
-after the step ("device peak": a process-wide high-water mark, so T runs in increasing order).
+Also per T: XLA's FLOP count per frame-step (cost_analysis of the step; for a microbatched step, marked *,
+the T = 1 program's count, because XLA counts a `lax.map` body once, not once per group), the step's memory,
+and on GPU/TPU the MFU against the bf16 dense peak (from the device kind, or --peak-tflops). Memory: on CPU
+the compiled program's memory_analysis() (arguments + outputs + temporaries); on GPU
+memory_stats()['peak_bytes_in_use'] after the step (a process-wide high-water mark, so T runs in increasing
+order; the compiled figure is in the --json rows too).
 
 --microbatch: -1 (default) = what the encoder uses (`parallel.default_microbatch`); 0 = the whole batch at
-once; m = sequential groups of m frames inside the step. --compare-microbatch 0,8 times several settings
-of the batched step side by side (the loop is the same for all).
+once; m = sequential groups of m frames inside the step. --compare-microbatch 0,8,old8 times several
+settings of the batched step side by side (the loop is the same for all; oldM = the step as it was before
+this benchmark, differentiated through the lax.map). Findings: docs_snippets/bench_encode.md.
 """
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -76,7 +80,7 @@ def build_networks(name, seed=0):
     elif name == "f":
         gcfg, ecfg, fcfg = config_f(1024), E4EConfig(), StyleFlowConfig()
     else:
-        raise SystemExit(f"error: --config must be tiny, small64 or f, got {name!r}")
+        fail(f"--config must be tiny, small64 or f, got {name!r}")
     g = jax.jit(Generator.random, static_argnums=0)(gcfg, k_g)
     # scale ToRGB so random images stay about [-1, 1] (as the demo does): the losses see realistic ranges
     synthesis = {k: ({**b, "torgb": {**b["torgb"], "weight": b["torgb"]["weight"] * 0.2,
@@ -142,8 +146,14 @@ def stage_problem(stage, g, flow, lp, config, t, dtype, seed=0):
             params.update(yaw=rng.uniform(-5, 5, t).astype(np.float32), pitch=rng.uniform(-5, 5, t).astype(np.float32))
             lr = {"offsets": cfg.lr, "yaw": cfg.pose_lr, "pitch": cfg.pose_lr}
     else:
-        raise SystemExit(f"error: unknown stage {stage!r}; choose from {', '.join(STAGES)}")
+        fail(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
     return loss, lr, cfg, nets, params, batch
+
+
+def fail(message):
+    """A user error: one line, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def take(tree, lo, hi):
@@ -224,6 +234,13 @@ def compiled_bytes(compiled):
                  - getattr(m, "alias_size_in_bytes", 0))
 
 
+def timed(fn):
+    """(wall seconds, process CPU seconds) of fn() until its results are ready."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
 def bench_stage(stage, nets_all, config, ts, args, micro_settings, out_rows, log):
     g, flow, lp = nets_all
     dtype = jnp.dtype(args.dtype)
@@ -240,23 +257,38 @@ def bench_stage(stage, nets_all, config, ts, args, micro_settings, out_rows, log
     log(f"[{stage}] T=1 step compiled and run on {loop_frames} frames in {time.perf_counter() - t0:.1f} s")
     flops_1 = cost_flops(loop[0].compiled())
     for t in ts:
-        runs = {m: steps.runner(take(params, 0, t), take(batch, 0, t), m) for m in micro_settings}
+        runs = {}
         t0 = time.perf_counter()
-        for r in runs.values():
-            jax.block_until_ready(r())  # compile + first step
+        for m in micro_settings:
+            try:
+                runs[m] = steps.runner(take(params, 0, t), take(batch, 0, t), m)
+                jax.block_until_ready(runs[m]())  # compile + first step
+            except Exception as e:  # out of device memory: report it, go on with the other settings
+                if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+                    raise
+                runs.pop(m, None)
+                out_rows.append({"stage": stage, "T": t, "microbatch": m, "error": "out of memory"})
+                log(f"{stage:>10} {t:>4} {str(m):>4}  out of device memory (try --microbatch)")
+        if not runs:
+            continue
         compile_s = time.perf_counter() - t0
         mem_device = (dev.memory_stats() or {}).get("peak_bytes_in_use") if gpu else None
         n_loop = min(t, loop_frames)
+        # steps per round: at least --steps, and enough for --min-window seconds (short windows are noise);
+        # the loop does as many frame-steps per round as the batched step
+        reps = {m: max(args.steps, math.ceil(args.min_window / timed(r)[0])) for m, r in runs.items()}
+        loop_reps = max(1, math.ceil(max(reps.values()) * t / n_loop))
         best = {m: float("inf") for m in runs}
-        best_loop = float("inf")
+        best_cpu = {m: float("inf") for m in runs}
+        best_loop = best_loop_cpu = float("inf")
         for _ in range(args.rounds):  # alternate batched and loop; the least disturbed round of each counts
             for m, r in runs.items():
-                t0 = time.perf_counter()
-                jax.block_until_ready([r() for _ in range(args.steps)])
-                best[m] = min(best[m], (time.perf_counter() - t0) / (args.steps * t))
-            t0 = time.perf_counter()
-            jax.block_until_ready([loop[i]() for _ in range(args.steps) for i in range(n_loop)])
-            best_loop = min(best_loop, (time.perf_counter() - t0) / (args.steps * n_loop))
+                wall, cpu = timed(lambda: [r() for _ in range(reps[m])])
+                best[m] = min(best[m], wall / (reps[m] * t))
+                best_cpu[m] = min(best_cpu[m], cpu / (reps[m] * t))
+            wall, cpu = timed(lambda: [loop[i]() for _ in range(loop_reps) for i in range(n_loop)])
+            best_loop = min(best_loop, wall / (loop_reps * n_loop))
+            best_loop_cpu = min(best_loop_cpu, cpu / (loop_reps * n_loop))
         loop_rate = 1.0 / best_loop
         for m, r in runs.items():
             comp = r.compiled()
@@ -266,7 +298,9 @@ def bench_stage(stage, nets_all, config, ts, args, micro_settings, out_rows, log
             flops = flops_1 if grouped else cost_flops(comp) / t
             rate = 1.0 / best[m]
             row = {"stage": stage, "T": t, "microbatch": m, "batched_fs": rate, "loop_fs": loop_rate,
-                   "ratio": rate / loop_rate, "gflop_per_fs": flops / 1e9, "gflop_from_T1": grouped,
+                   "ratio": rate / loop_rate, "cpu_ratio": best_loop_cpu / best_cpu[m],
+                   "batched_cpu_ms": 1e3 * best_cpu[m], "loop_cpu_ms": 1e3 * best_loop_cpu, "loop_frames": n_loop,
+                   "gflop_per_fs": flops / 1e9, "gflop_from_T1": grouped,
                    "mem_compiled_mb": compiled_bytes(comp) / 2 ** 20,
                    "mem_device_peak_mb": None if mem_device is None else mem_device / 2 ** 20,
                    "mfu": (flops * rate / (peak * 1e12)) if (gpu and peak) else None,
@@ -277,7 +311,7 @@ def bench_stage(stage, nets_all, config, ts, args, micro_settings, out_rows, log
         del runs
 
 
-HEADER = (f"{'stage':>10} {'T':>4} {'mb':>4} {'batched f-s/s':>13} {'loop f-s/s':>10} {'ratio':>6} "
+HEADER = (f"{'stage':>10} {'T':>4} {'mb':>4} {'batched f-s/s':>13} {'loop f-s/s':>10} {'ratio':>6} {'cpu-ratio':>9} "
           f"{'GFLOP/f-s':>9} {'mem MiB':>8} {'MFU':>6}")
 
 
@@ -286,7 +320,7 @@ def format_row(r):
     mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] is not None else "   n/a"
     flops = f"{r['gflop_per_fs']:8.3f}" + ("*" if r["gflop_from_T1"] else " ")
     return (f"{r['stage']:>10} {r['T']:>4} {str(r['microbatch']):>4} {r['batched_fs']:13.2f} {r['loop_fs']:10.2f} "
-            f"{r['ratio']:5.2f}x {flops} {mem:8.1f} {mfu:>6}")
+            f"{r['ratio']:5.2f}x {r['cpu_ratio']:8.2f}x {flops} {mem:8.1f} {mfu:>6}")
 
 
 # ------------------------------------------------------------------------------------------------ encode
@@ -327,7 +361,7 @@ def parse_ints(text, name):
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise SystemExit(f"error: {name} must be comma-separated integers, got {text!r}") from None
+        fail(f"{name} must be comma-separated integers, got {text!r}")
 
 
 def main(argv=None):
@@ -335,11 +369,16 @@ def main(argv=None):
     p.add_argument("--config", default="small64", choices=["tiny", "small64", "f"])
     p.add_argument("--stages", default=",".join(STAGES), help="comma-separated, or 'none' (only --encode-300)")
     p.add_argument("--T", default=None, help="frame counts (default 1,8,32,128,256 on GPU, 1,8,32,64 on CPU)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per round (default 5 on GPU, 1 on CPU)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per round, at least (default 5 on GPU, "
+                   "1 on CPU; more when a step is shorter than --min-window)")
+    p.add_argument("--min-window", type=float, default=None,
+                   help="seconds a timed round lasts at least (default 0.5 on CPU, 0.2 on GPU)")
     p.add_argument("--rounds", type=int, default=None, help="alternating timing rounds, the best is kept "
                    "(default 2 on GPU, 3 on CPU)")
     p.add_argument("--loop-frames", type=int, default=None,
-                   help="frames the per-frame loop is timed on, at most (default 32 on GPU, 16 on CPU)")
+                   help="frames the per-frame loop is timed on, at most (default: T on CPU, the same work as "
+                        "the batched step: short loop rounds would dodge noise that long batched rounds catch; "
+                        "32 on GPU)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--microbatch", type=int, default=-1, help="-1 = parallel.default_microbatch(), 0 = whole batch")
     p.add_argument("--compare-microbatch", default=None,
@@ -355,22 +394,23 @@ def main(argv=None):
     gpu = dev.platform != "cpu"
     ts = parse_ints(args.T, "--T") if args.T else ([1, 8, 32, 128, 256] if gpu else [1, 8, 32, 64])
     if not ts or min(ts) < 1:
-        raise SystemExit("error: --T needs frame counts >= 1")
+        fail("--T needs frame counts >= 1")
     args.steps = args.steps or (5 if gpu else 1)
     args.rounds = args.rounds or (2 if gpu else 3)
-    args.loop_frames = args.loop_frames or (32 if gpu else 16)
+    args.min_window = args.min_window if args.min_window is not None else (0.2 if gpu else 0.5)
+    args.loop_frames = args.loop_frames or (min(max(ts), 32) if gpu else max(ts))
     default_micro = parallel.default_microbatch()
     if args.compare_microbatch:
         items = [v.strip() for v in args.compare_microbatch.split(",") if v.strip()]
         if not items or not all(v.isdigit() or (v.startswith("old") and v[3:].isdigit()) for v in items):
-            raise SystemExit(f"error: --compare-microbatch takes integers or oldN, got {args.compare_microbatch!r}")
+            fail(f"--compare-microbatch takes integers or oldN, got {args.compare_microbatch!r}")
         micro_settings = [v if v.startswith("old") else int(v) for v in items]
     else:
         micro_settings = [default_micro if args.microbatch < 0 else args.microbatch]
     stages = [] if args.stages == "none" else [s.strip() for s in args.stages.split(",") if s.strip()]
     for s in stages:
         if s not in STAGES:
-            raise SystemExit(f"error: unknown stage {s!r}; choose from {', '.join(STAGES)} or none")
+            fail(f"unknown stage {s!r}; choose from {', '.join(STAGES)} or none")
 
     g, e4e, flow, lp, note = build_networks(args.config)
     config = encode_config(args.config)
