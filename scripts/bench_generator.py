@@ -17,6 +17,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from stylejax.nets.base import config_from_dict
 from stylejax.nets.generator import Generator, GeneratorConfig, config_f
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -55,7 +56,7 @@ def load_config(name):
         return config_f(int(name[1:]))
     path = os.path.join(CONFIGS, presets[name]) if name in presets else name
     with open(path) as f:
-        return GeneratorConfig.from_dict(json.load(f))
+        return config_from_dict(GeneratorConfig, json.load(f))
 
 
 def bench(fn, args, iters, warmup=2):
