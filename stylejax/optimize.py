@@ -80,13 +80,12 @@ def make_step(loss_fn, optimizer, microbatch=0):
 class Optimiser:
     """Runs `steps` Adam steps of a per-frame loss on chunks; compiles once per chunk shape."""
 
-    def __init__(self, loss_fn, lr, steps, microbatch=0, mesh=None):
+    def __init__(self, loss_fn, lr, steps, microbatch=0):
         self.steps = int(steps)
         self.optimizer = adam(lr, steps)
         step = make_step(loss_fn, self.optimizer, microbatch)
         self._step = jax.jit(step, donate_argnums=(0, 1))
         self._loss = jax.jit(lambda params, nets, batch: per_frame_losses(loss_fn, params, nets, batch, microbatch))
-        self.mesh = mesh
 
     def run(self, params, nets, batch, stage="optimisation", bar=None):
         """Returns (params, per-frame loss of the final params) as numpy arrays."""
