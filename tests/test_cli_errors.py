@@ -117,6 +117,8 @@ def sandbox(tmp_path_factory):
     (d / "text.npz").write_text("these are my notes, not an archive\n")
     np.savez(d / "ws.npz", ws=np.zeros((1, 8, 64), np.float32))
     np.save(d / "ws_empty.npy", np.zeros((0, 8, 64), np.float32))
+    np.save(d / "ws_complex.npy", np.ones((1, 8, 64), np.complex64) * (0.5 + 2j))  # was cast: imaginary dropped
+    np.save(d / "ws_strings.npy", np.full((1, 8, 64), "0.5"))  # was parsed, or a traceback
     (d / "wsdir").mkdir()
     np.save(d / "wsdir" / "ws.npy", np.zeros((1, 8, 64), np.float32))
     os.symlink("wsdir", d / "wsdir_link")
@@ -219,6 +221,14 @@ def _cases():
         "generate/ws-text": (GENERATE + ["--ws", "text.npy", "--outdir", "o"], "not a .npy array file"),
         "generate/ws-no-latents": (GENERATE + ["--ws", "ws_empty.npy", "--outdir", "o"], "holds no latents"),
         "generate/ws-dir": (GENERATE + ["--ws", "wsdir", "--outdir", "o"], "it is a directory"),
+        "generate/ws-complex": (GENERATE + ["--ws", "ws_complex.npy", "--outdir", "o"],
+                                "--ws ws_complex.npy holds complex64 values; give real floating-point latents"),
+        "generate/ws-strings": (GENERATE + ["--ws", "ws_strings.npy", "--outdir", "o"],
+                                "--ws ws_strings.npy holds <U3 values; give real floating-point latents"),
+        "generate/ws-with-trunc": (GENERATE + ["--ws", "wsdir/ws.npy", "--trunc", "0.7", "--outdir", "o"],
+                                   "--trunc and --trunc-cutoff apply to --seeds only"),
+        "generate/ws-with-trunc-cutoff": (GENERATE + ["--ws", "wsdir/ws.npy", "--trunc-cutoff", "4", "--outdir", "o"],
+                                          "--trunc and --trunc-cutoff apply to --seeds only"),
         "generate/outdir-file": (GENERATE + ["--seeds", "0", "--outdir", "text.npy"], "is a file"),
         "generate/outdir-foreign": (GENERATE + ["--seeds", "0", "--outdir", "mine", "--overwrite"],
                                     "replaces only an earlier output"),
