@@ -16,7 +16,6 @@ import math
 import os
 import re
 import struct
-import tempfile
 
 import numpy as np
 
@@ -178,22 +177,21 @@ def save_encoding(path: str, enc: Encoding) -> None:
     if enc.quad is not None:
         tensors["quad"] = enc.quad
     data = safetensors.numpy.save(tensors, metadata=_metadata(enc))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    from stylejax.io.atomic import Temporary
+
+    claim = None
     try:
-        with os.fdopen(fd, "wb") as f:
+        claim = Temporary(path, ".tmp")  # a killed writer's temporary is removed by the next save
+        with open(claim.path, "xb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an encoding is an ordinary user file
-        os.replace(tmp, path)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(err, OSError):
-            raise EncodingError(f"cannot save encoding {path}: {err.strerror or err}") from None
-        raise
+        os.replace(claim.path, path)
+    except OSError as err:
+        raise EncodingError(f"cannot save encoding {path}: {err.strerror or err}") from None
+    finally:
+        if claim is not None:
+            claim.release()
     try:  # make the rename itself durable; not every filesystem lets a directory be opened
         dir_fd = os.open(directory, os.O_RDONLY)
         try:

@@ -335,3 +335,104 @@ def test_generated_folder_is_recognised_by_its_png_mark(tmp_path):
     assert not is_generated_dir(str(tmp_path / "theirs"))
     (tmp_path / "ours" / "notes.txt").write_text("x")
     assert not is_generated_dir(str(tmp_path / "ours"))
+
+
+# ------------------------------------------------------------------------ temporaries after kill -9
+
+_WRITER = """
+import os, signal, sys, time
+from stylejax.io import atomic
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))  # as stylejax.cli does: finally blocks run
+out, ready, kind = sys.argv[1], sys.argv[2], sys.argv[3]
+if kind == "file":
+    with atomic.output_file(out, overwrite=True) as tmp:
+        with open(tmp, "w") as f:
+            f.write("half")
+        open(ready, "w").close()
+        time.sleep(60)
+else:
+    with atomic.output_dir(out, overwrite=True, is_ours=lambda p: True) as tmp:
+        with open(os.path.join(tmp, "new.txt"), "w") as f:
+            f.write("half")
+        open(ready, "w").close()
+        time.sleep(60)
+"""
+
+
+def _start_writer(tmp_path, out, kind, tag):
+    ready = tmp_path / f"ready-{tag}"
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(ready), kind],
+                            env=dict(os.environ, PYTHONPATH=REPO), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not ready.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert ready.exists(), proc.stderr.read() if proc.poll() is not None else "timed out"
+    ready.unlink()
+    return proc
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_temporaries_of_a_killed_writer_are_removed_by_the_next(tmp_path, kind):
+    home = tmp_path / "place"
+    home.mkdir()
+    out = home / "out"
+
+    def write(text):
+        if kind == "file":
+            with atomic.output_file(str(out), overwrite=True) as tmp:
+                with open(tmp, "w") as f:
+                    f.write(text)
+            assert out.read_text() == text
+        else:
+            write_into(str(out), text=text)
+            assert (out / "OURS").read_text() == text
+
+    killed = _start_writer(tmp_path, out, kind, "killed")
+    killed.kill()  # kill -9: no finally block runs
+    killed.wait(timeout=30)
+    assert any(n.startswith(".out.partial-") for n in os.listdir(home)), "the killed writer left nothing to clean"
+    # files that only look like temporaries are the user's: they stay
+    lookalikes = [".out.partial-1-deadbeef", ".out.partial-2-deadbeef.lock"]
+    (home / lookalikes[0]).write_text("the user's file")
+    (home / lookalikes[1]).write_text("not a claim")
+    write("complete")
+    assert sorted(os.listdir(home)) == sorted(lookalikes + ["out"])
+    # a living writer's temporary and claim stay too
+    alive = _start_writer(tmp_path, out, kind, "alive")
+    try:
+        alive_claim = sorted(n for n in os.listdir(home) if n.startswith(f".out.partial-{alive.pid}-"))
+        assert len(alive_claim) == 2  # its temporary and its lock file
+        write("again")
+        assert sorted(os.listdir(home)) == sorted(lookalikes + ["out"] + alive_claim)
+    finally:
+        alive.terminate()  # SIGTERM: its own finally removes its claim
+        alive.wait(timeout=30)
+    assert sorted(os.listdir(home)) == sorted(lookalikes + ["out"])
+
+
+@pytest.mark.parametrize("writer", ["video", "encoding", "marker"])
+def test_every_writer_removes_a_dead_writers_temporaries(tmp_path, writer):
+    """What a killed writer leaves (its temporary and its unlocked claim, as `Temporary` makes them) beside
+    the video, encoding or work-directory marker it was writing is removed by the next write of that file."""
+    name = {"video": "out.mp4", "encoding": "clip.enc", "marker": "done.json"}[writer]
+    stem = tmp_path / f".{name}.partial-99999-0123abcd"
+    (tmp_path / f"{stem.name}.tmp").write_bytes(b"half an encoding")
+    (tmp_path / f"{stem.name}.lock").write_bytes(atomic._CLAIM)
+    (tmp_path / f".{stem.name}.partial-99999-4567cdef.mp4").write_bytes(b"a nested temporary")
+    (tmp_path / f".{stem.name}.partial-99999-4567cdef.lock").write_bytes(atomic._CLAIM)
+    path = str(tmp_path / name)
+    if writer == "video":
+        from stylejax.io.video import write_video
+
+        write_video(path, [np.zeros((16, 16, 3), np.uint8)] * 2, fps=10)
+    elif writer == "encoding":
+        from stylejax.io.encoding import Encoding, save_encoding
+
+        save_encoding(path, Encoding(id_latent=np.zeros((2, 4)), pose_deg=np.zeros((1, 3)), offsets=np.zeros((1, 0)),
+                                     channels=(), fps=10.0, resolution=16, generator_fingerprint="0" * 16,
+                                     pose_model="styleflow-rk4-8"))
+    else:
+        atomic.write_json(path, {"signature": "x"})
+    assert os.listdir(tmp_path) == [name]
