@@ -39,7 +39,8 @@ def define_flags(fv):
     flags.DEFINE_integer("id-frame", None, "force the identity frame", flag_values=fv)
     flags.DEFINE_string("channels", None, "override --config.attributes.channels: default, auto or a JSON file",
                         flag_values=fv)
-    flags.DEFINE_bool("overwrite", False, "replace an existing --out encoding", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "replace an existing --out encoding (never another kind of file)",
+                      flag_values=fv)
     config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "encoder settings (ml_collections config file)",
                                     flag_values=fv, lock_config=True)
 
@@ -59,8 +60,13 @@ def run(args):
         config.attributes.channels = args.channels
     if args.id_frame is not None and args.id_frame < 0:
         raise pipeline.PipelineError(f"--id-frame must be >= 0, got {args.id_frame}")
+    from stylejax.io import atomic
     from stylejax.io.video import probe
 
+    # every output against every input, and each output's place, before anything is created or computed
+    inputs = [args.video, args.generator, args.e4e, args.styleflow, args.lpips, args.arcface,
+              args.channels if args.channels not in ("default", "auto") else None]
+    atomic.check_outputs(pipeline.encode_outputs(args.out, args.workdir), inputs, args.overwrite)
     probe(args.video)  # one-line error for a missing or broken video before loading any network
     nets = pipeline.Nets.load(args.generator, args.e4e, args.styleflow, args.lpips, args.arcface)
     workdir = pipeline.Workdir(args.workdir, video=args.video)

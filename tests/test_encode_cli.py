@@ -261,3 +261,82 @@ def test_render_unsupported_format_version(small_encoding, tmp_path):
     r = cli("stylejax.render", path, "--out", str(tmp_path / "x.mp4"))
     assert_one_line_error(r, "format version '2' is not supported: this stylejax reads version(s) 1; upgrade "
                              "stylejax to read it")
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+def listing(d):
+    """{name: bytes or link target} of a folder's entries (hidden ones too)."""
+    out = {}
+    for name in sorted(os.listdir(d)):
+        p = os.path.join(d, name)
+        out[name] = ("link -> " + os.readlink(p)) if os.path.islink(p) else \
+            (open(p, "rb").read() if os.path.isfile(p) else "dir")
+    return out
+
+
+def test_render_never_writes_onto_an_input(small_encoding, nets_dir, tmp_path):
+    import shutil
+
+    enc = str(tmp_path / "clip.enc")
+    shutil.copy(small_encoding, enc)
+    (tmp_path / "orig.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom")  # an mp4 input (its first bytes)
+    before = listing(tmp_path)
+    for args, what in (([enc, "--out", enc, "--overwrite"], "--out"),
+                       ([enc, "--out", str(tmp_path / "x.mp4"), "--side-by-side", enc, "--overwrite"], "--side-by-side"),
+                       ([enc, "--out", str(tmp_path / "orig.mp4"), "--paste-back", str(tmp_path / "orig.mp4"),
+                         "--overwrite"], "--out")):
+        r = cli("stylejax.render", *args)
+        assert_one_line_error(r, f"refusing to write the {what} ", "it is or contains the input")
+        assert listing(tmp_path) == before  # the encoding is intact, nothing was created
+    r = cli("stylejax.render", enc, "--out", str(tmp_path / "x.mp4"), "--side-by-side", str(tmp_path / "x.mp4"))
+    assert_one_line_error(r, "are the same path or one holds the other; give each output its own path")
+    r = cli("stylejax.render", enc, "--out", os.path.join(nets_dir["generator"], "x.mp4"))
+    assert_one_line_error(r, "inside the input folder")
+    assert listing(tmp_path) == before
+
+
+def test_render_overwrite_replaces_only_a_video_and_never_through_a_link(small_encoding, tmp_path):
+    thesis = tmp_path / "thesis.txt"
+    thesis.write_text("three years of work")
+    os.symlink("thesis.txt", tmp_path / "out.mp4")
+    before = listing(tmp_path)
+    r = cli("stylejax.render", small_encoding, "--out", tmp_path / "out.mp4", "--overwrite")
+    assert_one_line_error(r, f"the --out {tmp_path / 'out.mp4'} is a symbolic link (to thesis.txt); refusing to "
+                             "write through it")
+    r = cli("stylejax.render", small_encoding, "--out", thesis, "--overwrite")
+    assert_one_line_error(r, f"refusing to replace {thesis}: it is not an mp4 video (--overwrite replaces only a "
+                             "file of the kind this command writes)")
+    assert listing(tmp_path) == before
+    # an earlier video is replaced, as --overwrite says
+    (tmp_path / "out.mp4").unlink()
+    for _ in range(2):
+        r = cli("stylejax.render", small_encoding, "--out", tmp_path / "out.mp4", "--overwrite")
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path)) == ["out.mp4", "thesis.txt"]
+
+
+def test_encode_checks_every_output_before_creating_anything(nets_dir, noise_video, tmp_path):
+    import shutil
+
+    video = str(tmp_path / "in.mp4")
+    shutil.copy(noise_video, video)
+    (tmp_path / "notes.txt").write_text("not an encoding")
+    os.symlink("notes.txt", tmp_path / "link.enc")
+    wd = str(tmp_path / "wd")
+    before = listing(tmp_path)
+    cases = [(video, [], "it is or contains the input"),  # the issue: refused, but wd had been created
+             (str(tmp_path / "notes.txt"), ["--overwrite"], "it is not a stylejax encoding"),
+             (str(tmp_path / "link.enc"), ["--overwrite"], "is a symbolic link (to notes.txt)"),
+             (str(tmp_path / "nodir" / "x.enc"), [], "does not exist")]
+    if os.path.isdir("/proc"):  # a place nobody can write, even root: refused before any work
+        cases.append(("/proc/stylejax-test.enc", [], "cannot write the --out /proc/stylejax-test.enc"))
+    for out, extra, words in cases:
+        r = cli("stylejax.encode", *encode_args(nets_dir, video, wd, out), *extra)
+        assert_one_line_error(r, words)
+        assert listing(tmp_path) == before, out
+    r = cli("stylejax.encode", *encode_args(nets_dir, video, str(tmp_path / "notes.txt"), str(tmp_path / "x.enc")))
+    assert_one_line_error(r, "exists and is not a stylejax work directory")
+    r = cli("stylejax.encode", *encode_args(nets_dir, video, nets_dir["generator"], str(tmp_path / "x.enc")))
+    assert_one_line_error(r, "it is or contains the input")
+    assert listing(tmp_path) == before

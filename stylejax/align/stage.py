@@ -24,7 +24,7 @@ from stylejax.align.stabilise import METHODS, Stabiliser, make_stabiliser
 from stylejax.align.warp import _INTERP, face_mask, paste_back, render_crop
 from stylejax.io import atomic
 from stylejax.io.transforms import FILE, load_transforms, save_transforms
-from stylejax.io.video import VideoWriter, iter_frames, load_frames, probe
+from stylejax.io.video import VideoWriter, is_mp4, iter_frames, load_frames, probe
 
 
 def _landmark_stream(video: str, info, max_frames: int | None, max_gap: int, min_eye_dist: float,
@@ -273,7 +273,7 @@ def paste_video(video: str, aligned: str, transforms: str, out: str, mask_kind: 
                 feather: float = 0.04, resample: str = "cubic", overwrite: bool = True) -> int:
     """Composite aligned frames (frames.npy / its directory / a video) back into `video`; writes `out` mp4."""
     inputs = [video, aligned, transforms]
-    atomic.check_output_file(out, overwrite, inputs, "--out video")
+    atomic.check_output_file(out, overwrite, inputs, "--out video", is_mp4, "an mp4 video")
     tf = load_transforms(transforms)
     quads = tf["quad"]
     info = probe(video)
@@ -283,7 +283,7 @@ def paste_video(video: str, aligned: str, transforms: str, out: str, mask_kind: 
                          f"{info.frame_size[0]}x{info.frame_size[1]} px; pass the video that was aligned")
     use_npy = aligned.endswith(".npy") or os.path.isdir(aligned)
     crops = iter(load_frames(aligned)) if use_npy else iter_frames(aligned)
-    with atomic.output_file(out, overwrite, inputs, "--out video") as tmp:
+    with atomic.output_file(out, overwrite, inputs, "--out video", is_ours=is_mp4, kind="an mp4 video") as tmp:
         return _paste_into(tmp, video, info, crops, quads, aligned, mask_kind, feather, resample)
 
 

@@ -246,6 +246,24 @@ def _read_container(path: str) -> tuple[dict, dict]:
     return tensors, meta if isinstance(meta, dict) else {}
 
 
+def is_encoding_file(path: str) -> bool:
+    """Whether `path` is a stylejax encoding by its header (the kind of file `save_encoding` writes, so the only
+    kind an encoding output may replace with --overwrite); reads at most the header."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return False
+            (n,) = struct.unpack("<Q", head)
+            if n > _MAX_HEADER:
+                return False
+            header = json.loads(f.read(n).decode("utf-8"))
+    except (OSError, ValueError):
+        return False
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
 def _json_field(meta: dict, key: str, kind: type, fail):
     try:
         value = json.loads(meta[key])
