@@ -278,7 +278,7 @@ def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] 
 
     times = {}
     if out is not None:
-        (out_real,) = atomic.check_outputs(encode_outputs(out), [video] + list(nets.paths.values()), overwrite)
+        out_real = atomic.check_outputs(encode_outputs(out), [video] + list(nets.paths.values()), overwrite)[0]
     if video is not None:
         t0 = time.perf_counter()
         run_align(workdir, video, nets.generator.config.resolution, config, log=align_log or log)
