@@ -122,7 +122,7 @@ def test_encode_end_to_end(encoded):
 
 
 def file_contents(path):
-    """(tensors, metadata) of a safetensors file (its bytes vary: the metadata's order is not fixed)."""
+    """(tensors, metadata) of a safetensors file."""
     import safetensors
 
     with safetensors.safe_open(path, "np") as f:
@@ -134,6 +134,7 @@ def test_encode_rerun_resumes_and_keeps_the_output(encoded, short_video, nets_di
     r = cli("stylejax.encode", *args, *FEW_STEPS)
     assert_one_line_error(r, "already exists; choose another path or pass --overwrite")
     before = file_contents(encoded["out"])
+    before_bytes = open(encoded["out"], "rb").read()
     r = cli("stylejax.encode", *args, *FEW_STEPS, "--overwrite", "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     seconds = json.loads(r.stdout.strip().splitlines()[-1])["stage_seconds"]
@@ -143,6 +144,7 @@ def test_encode_rerun_resumes_and_keeps_the_output(encoded, short_video, nets_di
     assert after[1] == before[1] and after[0].keys() == before[0].keys()
     for name in before[0]:
         np.testing.assert_array_equal(after[0][name], before[0][name])
+    assert open(encoded["out"], "rb").read() == before_bytes  # metadata in a fixed order: the same file
 
 
 def test_render_paste_back(encoded, short_video, tmp_path):

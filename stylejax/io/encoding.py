@@ -153,6 +153,7 @@ def _frames_float16(enc: Encoding, path: str) -> np.ndarray:
 
 
 def _metadata(enc: Encoding) -> dict:
+    """The header's metadata, in the fixed order written to the file (settings with sorted keys)."""
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "generator_fingerprint": enc.generator_fingerprint,
             "resolution": str(enc.resolution), "fps": repr(enc.fps), "num_frames": str(enc.num_frames),
             "channels": json.dumps(list(enc.channels)), "pose_model": enc.pose_model,
@@ -162,11 +163,27 @@ def _metadata(enc: Encoding) -> dict:
     return meta
 
 
-def save_encoding(path: str, enc: Encoding) -> None:
-    """Write `enc` to `path` atomically (temp file in the same directory, fsync, rename): a reader sees the
-    old file or the new one, never a partial one. Pose and offsets are stored as float16."""
+def _serialise(tensors: dict, meta: dict) -> bytes:
+    """safetensors bytes whose header lists the metadata first, in `meta`'s order, then the tensors in the
+    order of their data: identical encodings give identical files. (The safetensors library writes its
+    metadata from a hash map, in an order that changes from one process to the next.)"""
     import safetensors.numpy
 
+    data = safetensors.numpy.save(tensors)
+    (n,) = struct.unpack("<Q", data[:8])
+    entries = json.loads(data[8:8 + n])
+    header = {"__metadata__": meta}
+    header.update(sorted(((k, v) for k, v in entries.items() if k != "__metadata__"),
+                         key=lambda kv: kv[1]["data_offsets"]))
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as the library writes it
+    return struct.pack("<Q", len(text)) + text + data[8 + n:]
+
+
+def save_encoding(path: str, enc: Encoding) -> None:
+    """Write `enc` to `path` atomically (temp file in the same directory, fsync, rename): a reader sees the
+    old file or the new one, never a partial one. Pose and offsets are stored as float16; equal encodings
+    give byte-identical files."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -176,7 +193,7 @@ def save_encoding(path: str, enc: Encoding) -> None:
     tensors = {"id_latent": enc.id_latent, "frames": _frames_float16(enc, path)}
     if enc.quad is not None:
         tensors["quad"] = enc.quad
-    data = safetensors.numpy.save(tensors, metadata=_metadata(enc))
+    data = _serialise(tensors, _metadata(enc))
     from stylejax.io.atomic import Temporary
 
     claim = None

@@ -278,3 +278,27 @@ def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
     missing_dir = str(tmp_path / "no" / "clip.safetensors")
     with pytest.raises(EncodingError, match=r"directory .* does not exist$"):
         save_encoding(missing_dir, make_encoding())
+
+
+def test_identical_encodings_give_identical_files(tmp_path):
+    """Saved by two processes (the safetensors library orders metadata by a per-process hash seed), equal
+    encodings are equal byte for byte, and the safetensors library still reads them."""
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = ("import sys; sys.path[:0] = [sys.argv[2], sys.argv[3]]; from test_encoding import make_encoding; "
+            "from stylejax.io.encoding import save_encoding; save_encoding(sys.argv[1], make_encoding())")
+    repo = os.path.dirname(os.path.dirname(here))
+    for name in ("a.enc", "b.enc"):
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path / name), here, repo], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    a, b = (tmp_path / "a.enc").read_bytes(), (tmp_path / "b.enc").read_bytes()
+    assert a == b
+    n, header = header_of(tmp_path / "a.enc")
+    assert list(header) == ["__metadata__", "id_latent", "quad", "frames"] and (8 + n) % 8 == 0
+    assert list(header["__metadata__"])[:3] == ["format", "format_version", "generator_fingerprint"]
+    tensors = safetensors_numpy.load(a)
+    np.testing.assert_array_equal(tensors["id_latent"], make_encoding().id_latent)
+    assert load_encoding(str(tmp_path / "a.enc")).settings == make_encoding().settings
