@@ -111,6 +111,13 @@ def sandbox(tmp_path_factory):
     save_transforms(str(d / "aligned" / "transforms.npz"), quad=np.stack([quad] * 3),
                     frame_size=np.array([64, 64], np.int32))
     shutil.copy(d / "small.mp4", d / "pasted.mp4")
+    # crops that do not match the 3 transforms one to one (were pasted silently, the shorter run)
+    for name, n in (("aligned_short", 2), ("aligned_long", 4)):
+        (d / name).mkdir()
+        np.save(d / name / "frames.npy", np.full((n, 32, 32, 3), 128, np.uint8))
+    write_video(str(d / "crops_short.mp4"), [np.full((32, 32, 3), v, np.uint8) for v in (60, 70)], 10)
+    write_video(str(d / "crops_long.mp4"), [np.full((32, 32, 3), v, np.uint8) for v in (60, 70, 80, 90)], 10)
+    write_video(str(d / "short.mp4"), [np.full((64, 64, 3), v, np.uint8) for v in (60, 70)], 10)
     os.mkfifo(d / "pipe.mp4")
     # bad array files
     (d / "text.npy").write_text("these are my notes, not an array\n")
@@ -203,6 +210,18 @@ def _cases():
                                        "--out", "p.mp4"], "is for 64x64 px frames but tiny.mp4 is 8x8 px"),
         "paste/non-square-crops": (PASTE + ["--video", "small.mp4", "--aligned", "crops_rect.mp4", "--transforms",
                                             "aligned", "--out", "p.mp4"], "crops in crops_rect.mp4 are 48x32 px"),
+        "paste/fewer-crops": (PASTE + ["--video", "small.mp4", "--aligned", "aligned_short", "--transforms", "aligned",
+                                       "--out", "p.mp4"], "aligned_short holds fewer crops (2) than aligned has frames (3)"),
+        "paste/more-crops": (PASTE + ["--video", "small.mp4", "--aligned", "aligned_long/frames.npy", "--transforms",
+                                      "aligned", "--out", "p.mp4"], "holds more crops (4) than aligned has frames (3)"),
+        "paste/fewer-crops-video": (PASTE + ["--video", "small.mp4", "--aligned", "crops_short.mp4", "--transforms",
+                                             "aligned", "--out", "p.mp4"],
+                                    "crops_short.mp4 holds fewer crops (2) than aligned has frames (3)"),
+        "paste/more-crops-video": (PASTE + ["--video", "small.mp4", "--aligned", "crops_long.mp4", "--transforms",
+                                            "aligned", "--out", "p.mp4"],
+                                   "crops_long.mp4 holds more crops (at least 4) than aligned has frames (3)"),
+        "paste/short-video": (PASTE + ["--video", "short.mp4", "--aligned", "aligned", "--transforms", "aligned",
+                                       "--out", "p.mp4"], "short.mp4 has fewer frames (2) than aligned (3)"),
         "paste/nan-feather": (PASTE + ["--video", "small.mp4", "--aligned", "aligned", "--transforms", "aligned",
                                        "--out", "p.mp4", "--feather", "nan"], "--feather must be a finite number"),
         "paste/negative-feather": (PASTE + ["--video", "small.mp4", "--aligned", "aligned", "--transforms", "aligned",
