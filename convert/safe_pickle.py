@@ -25,8 +25,9 @@ declared size before that size is checked, and each limit fails with a one-line
 - bytes: a per-call `max_bytes` (default `DEFAULT_MAX_BYTES`) bounds the raw tensor storage read
   and, separately, the arrays handed back (tensors are materialised once each, a stride-0 view at its
   full broadcast size), as well as the size of any one pickle;
-- storages must fit the bytes really there: a zip entry is read in chunks up to the storage's declared
-  size and no further (the entry header is never trusted), legacy storages must fit in the file,
+- storages must fit the bytes really there: a zip entry must hold exactly the storage's declared size (its
+  header says so, and it is read in chunks no further than that size plus one byte, so an entry that
+  inflates to more is refused without inflating it), legacy storages must fit in the file,
   and a tensor's offset/size/stride must stay inside its storage.
 
 Supported containers:
@@ -732,14 +733,15 @@ def _check_storage_pid(pid):
 
 
 def _read_zip_storage(zf, name, key, dtype, numel, big_endian, budget):
-    """Reads exactly the storage's declared bytes from its zip entry, in chunks: the entry header's
-    size is only a hint, what the entry really inflates to is what counts."""
+    """Reads the storage's declared bytes from its zip entry, in chunks. A record whose size disagrees with
+    its storage is corrupt: the entry header must say the declared size, and what the entry really inflates
+    to is read no further than the declared size plus one byte (enough to see that it is longer)."""
     nbytes = numel * dtype.itemsize
     try:
         info = zf.getinfo(name)
     except KeyError:
         raise ConversionError(f"storage {key} is missing from the zip file; the checkpoint is corrupt") from None
-    if info.file_size < nbytes:
+    if info.file_size != nbytes:
         raise ConversionError(f"storage {key} declares {_size(nbytes)} but its zip entry holds "
                               f"{_size(info.file_size)}; the checkpoint is corrupt")
     budget.charge_storage(nbytes, f"storage {key}")
@@ -754,6 +756,9 @@ def _read_zip_storage(zf, name, key, dtype, numel, big_endian, budget):
                                       "the checkpoint is truncated")
             flat[pos:pos + len(chunk)] = np.frombuffer(chunk, np.uint8)
             pos += len(chunk)
+        if f.read(1):
+            raise ConversionError(f"storage {key} inflates to more than its declared {_size(nbytes)}; the "
+                                  "checkpoint is corrupt")
     if big_endian and dtype.itemsize > 1:
         data.byteswap(inplace=True)
     return _Storage(data)

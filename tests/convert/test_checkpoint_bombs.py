@@ -391,3 +391,56 @@ def test_stylegan2_cli_refuses_non_finite_values(tmp_path, case):
             if case == "weight" else "latent_avg contains NaN or inf values (1 of 8)")
     assert r.stderr == f"error: {path}: {what}; the checkpoint is corrupt\n"
     assert not (tmp_path / "out" / "config.json").exists()
+
+
+def _lie_about_size(path, entry, size):
+    """Rewrites the zip so `entry`'s headers claim `size` uncompressed bytes (its data unchanged)."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(entry)
+    for sig, field in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # local header, central directory
+        at = data.find(sig)
+        while at >= 0:
+            name_at = at + (30 if sig == b"PK\x03\x04" else 46)
+            if data[name_at:name_at + len(entry)] == entry.encode():
+                assert struct.unpack_from("<I", data, at + field)[0] == info.file_size
+                struct.pack_into("<I", data, at + field, size)
+            at = data.find(sig, at + 4)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_storage_record_larger_than_its_storage_is_refused_unread(tmp_path, monkeypatch):
+    """The issue: a record inflating to 3 GiB behind a 4-byte storage was accepted (4 bytes read, the rest
+    ignored). Scaled to 64 MiB: refused, reading no more of the record than the declared size plus one byte,
+    also when the zip headers lie about the record's size."""
+    pkl = _torch_pickle({"w": _FakeTensor(_FakeStorage("0", 1), [1], [1])})
+    big = _torch_zip(tmp_path / "big.pt", pkl, {"0": bytes(64 << 20)}, compress=zipfile.ZIP_DEFLATED)
+    one_more = _torch_zip(tmp_path / "one_more.pt", pkl, {"0": bytes(5)})
+    lying = _lie_about_size(_torch_zip(tmp_path / "lying.pt", pkl, {"0": bytes(64 << 20)},
+                                       compress=zipfile.ZIP_DEFLATED), "archive/data/0", 4)
+    assert big.stat().st_size < 128 << 10
+    read = collections.Counter()
+    real_read = zipfile.ZipExtFile.read
+
+    def counting_read(self, n=-1):
+        out = real_read(self, n)
+        read[self.name] += len(out)
+        return out
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", counting_read)
+    corrupt = "the checkpoint is corrupt"
+    for path, message in ((big, f"storage 0 declares 4 bytes but its zip entry holds 64.0 MiB; {corrupt}"),
+                          (one_more, f"storage 0 declares 4 bytes but its zip entry holds 5 bytes; {corrupt}")):
+        read.clear()
+        with pytest.raises(ConversionError) as e:
+            load_torch_file(path)
+        assert str(e.value) == f"{path}: {message}"
+        assert read["archive/data/0"] == 0
+    read.clear()
+    with pytest.raises(ConversionError) as e:
+        load_torch_file(lying)
+    assert str(e.value).startswith(f"{lying}: ")
+    assert read["archive/data/0"] <= 5
+    ok = _torch_zip(tmp_path / "ok.pt", pkl, {"0": np.float32(2.5).tobytes()})
+    assert load_torch_file(ok)["w"].tolist() == [2.5]
