@@ -35,7 +35,7 @@ from stylejax.nets.ode import dopri5_solve, rk4_solve
 YAW_INDEX = 11
 PITCH_INDEX = 12
 NUM_ROWS = 18
-DEFAULT_RK4_STEPS = 8  # see README: RK4 error vs dopri5 as a function of N
+DEFAULT_RK4_STEPS = 8  # see docs/networks.md: RK4 error vs dopri5 as a function of N
 BN_EPS = 1e-4
 _HI = jax.lax.Precision.HIGHEST
 
