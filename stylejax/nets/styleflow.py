@@ -229,10 +229,3 @@ class StyleFlow(Network):
         """See the module function `pose_edit`; yaw/pitch in degrees, scalar or per frame [B]."""
         return pose_edit(self.params, ws, cond_src, yaw_deg, pitch_deg, rows, solver, steps, rtol, atol,
                          self.config.bn_eps)
-
-
-def load_styleflow(path):
-    """`StyleFlow` from a checkpoint made by `python -m convert styleflow` (= `stylejax.load(path, "styleflow")`)."""
-    from stylejax.nets import load
-
-    return load(path, "styleflow")
