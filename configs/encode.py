@@ -37,7 +37,7 @@ def get_config():
     c.head_pose.lr = 1.0              # degrees per Adam step (before decay)
     c.head_pose.lpips_weight = 1.0
     c.head_pose.l2_weight = 1.0
-    c.head_pose.rk4_steps = 8         # StyleFlow RK4 steps (README: error vs N)
+    c.head_pose.rk4_steps = 8         # StyleFlow RK4 steps (docs/networks.md: error vs N)
     c.head_pose.condition = "map"     # identity frame's StyleFlow condition: "map" (max. likelihood) or "zeros"
     c.head_pose.condition_steps = 100
     c.head_pose.landmark_init = True  # start from the landmark pose relative to the identity frame

@@ -28,7 +28,7 @@ order; the compiled figure is in the --json rows too).
 --microbatch: -1 (default) = what the encoder uses (`parallel.default_microbatch`); 0 = the whole batch at
 once; m = sequential groups of m frames inside the step. --compare-microbatch 0,8,old8 times several
 settings of the batched step side by side (the loop is the same for all; oldM = the step as it was before
-this benchmark, differentiated through the lax.map). Findings: docs_snippets/bench_encode.md.
+this benchmark, differentiated through the lax.map). Findings: docs/benchmarks.md.
 """
 import argparse
 import json

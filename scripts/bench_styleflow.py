@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from stylejax.io.checkpoint import load_styleflow  # noqa: E402
 from stylejax.nets import styleflow as sf  # noqa: E402
 
 
@@ -106,7 +107,7 @@ def main():
     parser.add_argument("--skip-errors", action="store_true")
     args = parser.parse_args()
 
-    full = sf.load_styleflow(args.params) if args.params else jax.tree_util.tree_map(jnp.asarray, random_params(0))
+    full = load_styleflow(args.params) if args.params else jax.tree_util.tree_map(jnp.asarray, random_params(0))
     if not args.skip_errors:
         golden = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data", "styleflow.npz")
         if os.path.exists(golden):

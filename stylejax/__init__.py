@@ -8,7 +8,7 @@ Public entry points are imported lazily so that `import stylejax` stays cheap an
 import importlib
 
 _EXPORTS = {
-    "load": "stylejax.nets",
+    "load": "stylejax.io.checkpoint",
     "UserError": "stylejax.errors",
     # networks
     "Generator": "stylejax.nets.generator",
@@ -17,12 +17,13 @@ _EXPORTS = {
     "ArcFace": "stylejax.nets.arcface",
     "LPIPS": "stylejax.nets.lpips",
     "StyleFlow": "stylejax.nets.styleflow",
-    # thin aliases of `load(path, kind)`
-    "load_generator": "stylejax.nets.generator",
-    "load_e4e": "stylejax.nets.e4e",
-    "load_styleflow": "stylejax.nets.styleflow",
-    "load_lpips": "stylejax.nets.lpips",
-    "load_arcface": "stylejax.nets.arcface",
+    # thin aliases of `load(path, kind)` (save_generator too)
+    "save_generator": "stylejax.io.checkpoint",
+    "load_generator": "stylejax.io.checkpoint",
+    "load_e4e": "stylejax.io.checkpoint",
+    "load_styleflow": "stylejax.io.checkpoint",
+    "load_lpips": "stylejax.io.checkpoint",
+    "load_arcface": "stylejax.io.checkpoint",
     # StyleSpace channel names
     "parse_channel_name": "stylejax.nets.stylespace",
     "format_channel_name": "stylejax.nets.stylespace",

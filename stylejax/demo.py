@@ -134,7 +134,7 @@ def synthesise(g, flow, id_latent, pose, offsets, channels, rk4_steps):
     import jax.numpy as jnp
 
     from stylejax.io.encoding import Encoding
-    from stylejax.stages.render import iter_renders, to_uint8
+    from stylejax.decoder import iter_renders, to_uint8
 
     enc = Encoding(id_latent=id_latent, pose_deg=pose, offsets=offsets, channels=tuple(channels), fps=25.0,
                    resolution=g.config.resolution, generator_fingerprint="0" * 16, pose_model="truth",

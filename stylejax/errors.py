@@ -7,3 +7,7 @@ and keeps its traceback. Subclasses only say which part of the pipeline refused 
 
 class UserError(Exception):
     """Bad input, a missing or mismatched file, an impossible option: the message says what to do."""
+
+
+class PipelineError(UserError):
+    """A work directory, setting or network combination the encoder cannot use."""

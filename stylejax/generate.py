@@ -142,7 +142,7 @@ def run(args):
     import jax.numpy as jnp
 
     from stylejax.io import atomic
-    from stylejax.nets import load
+    from stylejax.io.checkpoint import load
 
     cli.require(args, "checkpoint", "outdir")
     if (args.seeds is None) == (args.ws is None):

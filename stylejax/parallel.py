@@ -43,7 +43,7 @@ def default_microbatch(backend=None):
     """Frames evaluated together inside a step; 0 = the whole chunk at once, on every backend. On CPU a
     step mapped over groups (`lax.map`) measured slower than both the whole chunk and the per-frame loop:
     XLA's CPU backend runs the backward convolutions inside the loop body outside its fast (YNNPACK) path
-    (scripts/bench_encode.py, docs_snippets/bench_encode.md), while the whole chunk stays faster than
+    (scripts/bench_encode.py, docs/benchmarks.md), while the whole chunk stays faster than
     one frame at a time up to T = 256. Set `config.microbatch` to bound memory, not for speed."""
     del backend
     return 0

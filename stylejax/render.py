@@ -43,8 +43,8 @@ def load_for_render(path, generator=None, styleflow=None):
     """(Encoding, Generator, StyleFlow) with the generator's fingerprint checked against the encoding."""
     from stylejax.errors import UserError
     from stylejax.io.encoding import load_encoding
-    from stylejax.nets import load
-    from stylejax.pipeline import fingerprint
+    from stylejax.io.checkpoint import load
+    from stylejax.stages.base import fingerprint
 
     enc = load_encoding(path)
     recorded = enc.settings.get("networks", {})

@@ -59,7 +59,8 @@ def sandbox(tmp_path_factory):
     from convert.stylegan2 import from_rosinality
     from stylejax.io.transforms import save_transforms
     from stylejax.io.video import write_video
-    from stylejax.nets.generator import Generator, save_generator
+    from stylejax.io.checkpoint import save_generator
+    from stylejax.nets.generator import Generator
 
     d = tmp_path_factory.mktemp("sandbox")
     (d / "home").mkdir()

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import DATA, REPO
 from convert.stylegan2 import from_rosinality
-from stylejax.nets.generator import Generator, load_generator, save_generator
+from stylejax.io.checkpoint import load_generator, save_generator
+from stylejax.nets.generator import Generator
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import numpy as np
 from stylejax.errors import UserError
 
 METHODS = ("poly", "savgol", "gaussian", "none")
-# Windows (frames, odd) and order of the default: measured on the fixtures (README), these remove ~90% of
+# Windows (frames, odd) and order of the default: measured on the fixtures (docs/alignment.md), these remove ~90% of
 # the corner jitter of a static face while the crop stays within ~1 px of fast-moving ones.
 CENTER_WINDOW, AXES_WINDOW, ORDER = 9, 19, 2
 CENTER_SIGMA, AXES_SIGMA = 1.0, 3.0

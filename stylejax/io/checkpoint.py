@@ -13,6 +13,8 @@ import typing
 import numpy as np
 
 from stylejax.errors import UserError
+from stylejax.nets import KINDS, network_class
+from stylejax.nets.base import config_from_dict
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -72,6 +74,50 @@ def save_network(net, out_dir, overwrite=False, inputs=(), source="converted par
     save(out_dir, net.kind, net.config_dict(), net.variables(), overwrite=overwrite, inputs=inputs)
 
 
+def load(path, kind=None):
+    """A converted checkpoint directory -> its network object (`Generator`, `E4E`, `ArcFace`, `LPIPS`,
+    `StyleFlow`); this is `stylejax.load`. With `kind`, anything else is refused with a one-line
+    `CheckpointError`. Shapes and finiteness are checked against the config."""
+    found, config_dict, tree = load_raw(path, kind)
+    net = network_class(found).from_variables(config_dict, tree)
+    try:
+        return net.check(source=str(path))
+    except Exception as e:  # a config.json that disagrees with its params
+        raise CheckpointError(str(e)) from None
+
+
+def load_generator(path):
+    """A generator converted with `python -m convert stylegan2` (= `load(path, "stylegan2")`)."""
+    return load(path, "stylegan2")
+
+
+def load_e4e(path):
+    """An e4e encoder converted with `python -m convert e4e`."""
+    return load(path, "e4e")
+
+
+def load_styleflow(path):
+    """A StyleFlow converted with `python -m convert styleflow`."""
+    return load(path, "styleflow")
+
+
+def load_lpips(path):
+    """An LPIPS network converted with `python -m convert lpips`."""
+    return load(path, "lpips")
+
+
+def load_arcface(path):
+    """An ArcFace IR-SE50 converted with `python -m convert arcface`."""
+    return load(path, "arcface")
+
+
+def save_generator(generator, out_dir, overwrite=False):
+    """Saves a `Generator` (jax or numpy leaves) as a stylejax checkpoint."""
+    import jax
+
+    save_network(jax.tree_util.tree_map(np.asarray, generator), out_dir, overwrite=overwrite)
+
+
 def load_raw(path, kind=None):
     """Returns (kind, config dict, params tree of numpy arrays) from a stylejax checkpoint."""
     import orbax.checkpoint as ocp
@@ -97,8 +143,6 @@ def load_raw(path, kind=None):
         raise CheckpointError(f"{config_path}: format_version {meta.get('format_version')!r}, this stylejax "
                               f"reads {FORMAT_VERSION}; re-run the conversion")
     found = meta["kind"]
-    from stylejax.nets import KINDS
-
     if found not in KINDS:
         raise CheckpointError(f"{config_path}: unknown kind {found!r}; expected one of {', '.join(KINDS)}")
     if kind is not None and found != kind:
@@ -115,9 +159,6 @@ def load_raw(path, kind=None):
 def check_config(kind, config, where):
     """Raises a one-line CheckpointError naming `where` and the key unless `config` (parsed JSON) fits the
     network's config dataclass: known keys, JSON types matching the annotations, the dataclass's own checks."""
-    from stylejax.nets import network_class
-    from stylejax.nets.base import config_from_dict
-
     cls = network_class(kind).config_class
     problem = _config_problem(cls, config, "")
     if problem:
@@ -191,13 +232,6 @@ def _type_mismatch(value, typ):
                 return (f"[{i}]{found[0]}",) + found[1:]
         return None
     return None  # an annotation this check does not know: left to the dataclass
-
-
-def load(path, kind):
-    """Returns (config dict, params tree) of a checkpoint of the given kind (lower level than
-    `stylejax.load`, which returns the network object)."""
-    _, config, params = load_raw(path, kind)
-    return config, params
 
 
 def _to_numpy(tree):

@@ -108,10 +108,3 @@ class ArcFace(Network):
     def id_loss(self, images, targets, dtype=None):
         """e4e's ID loss: mean over the batch of 1 - cos(e(images), e(targets))."""
         return jnp.mean(self.id_loss_per_sample(images, targets, dtype))
-
-
-def load_arcface(path):
-    """`ArcFace` from a directory written by `python -m convert arcface` (= `stylejax.load(path, "arcface")`)."""
-    from stylejax.nets import load
-
-    return load(path, "arcface")

@@ -131,10 +131,3 @@ class E4E(Network):
         return E4ENet(self.config, dtype=dtype).apply({"params": self.params}, images)
 
     encode = __call__
-
-
-def load_e4e(path):
-    """`E4E` from a directory written by `python -m convert e4e` (= `stylejax.load(path, "e4e")`)."""
-    from stylejax.nets import load
-
-    return load(path, "e4e")

@@ -14,7 +14,7 @@ Everything is NHWC. Parameters use a JAX-friendly layout (HWIO convs, [in, out] 
 `convert/stylegan2.py` for the mapping from the PyTorch checkpoints. Noise maps and `w_avg` are not
 trainable and live in the `buffers` collection.
 
-Public API: `load_generator(path)` -> `Generator` with `.config`, `.params`, `.buffers` and
+Public API: `stylejax.load_generator(path)` (in `stylejax.io.checkpoint`) -> `Generator` with `.config`, `.params`, `.buffers` and
 `mapping`, `synthesize`, `styles_from_ws`, `synthesize_from_styles`. A `Generator` is a pytree (config
 static), so it can be passed through `jax.jit`/`jax.grad` (e.g. to fine-tune `params`).
 """
@@ -364,16 +364,3 @@ class Generator(Network):
         shape = (self.config.num_ws, self.config.w_dim)
         if ws.ndim != 3 or tuple(ws.shape[1:]) != shape:
             raise ValueError(f"ws must have shape [B, {shape[0]}, {shape[1]}], got {list(ws.shape)}")
-
-
-def load_generator(path):
-    """Loads a converted generator (`python -m convert stylegan2 --src FILE --out DIR`); = `stylejax.load`."""
-    from stylejax.nets import load
-
-    return load(path, "stylegan2")
-
-
-def save_generator(generator, out_dir, overwrite=False):
-    from stylejax.io import checkpoint
-
-    checkpoint.save_network(jax.tree_util.tree_map(np.asarray, generator), out_dir, overwrite=overwrite)

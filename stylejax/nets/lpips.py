@@ -184,10 +184,3 @@ class LPIPS(Network):
     def loss(self, x0, x1, dtype=None):
         """Mean distance over the batch (a scalar perceptual loss)."""
         return jnp.mean(self(x0, x1, dtype))
-
-
-def load_lpips(path):
-    """`LPIPS` from a checkpoint written by `python -m convert lpips` (= `stylejax.load(path, "lpips")`)."""
-    from stylejax.nets import load
-
-    return load(path, KIND)

@@ -35,7 +35,7 @@ from stylejax.nets.ode import dopri5_solve, rk4_solve
 YAW_INDEX = 11
 PITCH_INDEX = 12
 NUM_ROWS = 18
-DEFAULT_RK4_STEPS = 8  # see README: RK4 error vs dopri5 as a function of N
+DEFAULT_RK4_STEPS = 8  # see docs/networks.md: RK4 error vs dopri5 as a function of N
 BN_EPS = 1e-4
 _HI = jax.lax.Precision.HIGHEST
 
@@ -229,10 +229,3 @@ class StyleFlow(Network):
         """See the module function `pose_edit`; yaw/pitch in degrees, scalar or per frame [B]."""
         return pose_edit(self.params, ws, cond_src, yaw_deg, pitch_deg, rows, solver, steps, rtol, atol,
                          self.config.bn_eps)
-
-
-def load_styleflow(path):
-    """`StyleFlow` from a checkpoint made by `python -m convert styleflow` (= `stylejax.load(path, "styleflow")`)."""
-    from stylejax.nets import load
-
-    return load(path, "styleflow")

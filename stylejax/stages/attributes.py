@@ -21,21 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stylejax import cli, losses, parallel
+from stylejax import losses
+from stylejax.decoder import apply_offsets, pose_latents
+from stylejax.errors import PipelineError
 from stylejax.io import atomic
+from stylejax.nets.stylespace import channel_to_flat_index, flat_index_to_channel, flatten_styles
 from stylejax.optimize import Optimiser
-from stylejax.nets.stylespace import channel_to_flat_index, flat_index_to_channel, flatten_styles, unflatten_styles
-from stylejax.pipeline import PipelineError, signature
-from stylejax.stages.head_pose import pose_latents
+from stylejax.stages.base import run_chunks, signature
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CHANNELS = os.path.join(REPO, "configs", "channels_ffhq1024.json")
-
-
-def apply_offsets(g, ws, offsets, flat_index):
-    """Styles of ws [T, num_ws, w_dim] with offsets [T, K] added at flat StyleSpace indices [K]."""
-    flat = flatten_styles(g.styles_from_ws(ws))
-    return unflatten_styles(flat.at[:, flat_index].add(offsets), g.config)
 
 
 def loss_fn(config, loss_size, dtype, flat_index, use_weights, use_id, rk4_steps):
@@ -129,9 +124,6 @@ def run(ctx):
     weights_all = region_weights(wd, t, ctx.loss_size, cfg)
     use_weights = weights_all is not None
 
-    off_out = wd.array("attributes", "offsets.npy", (t, len(channels)))
-    loss_out = wd.array("attributes", "loss.npy", (t,))
-    pose_out = wd.array("attributes", "pose.npy", (t, 3))
     ws_pose = wd.load("head_pose", "ws_pose.npy")
     pose_in = wd.load("head_pose", "pose.npy")
     refine = bool(cfg.refine_pose)
@@ -142,40 +134,37 @@ def run(ctx):
     if refine:
         nets.update(styleflow=ctx.nets.styleflow, id_latent=jnp.asarray(wd.load("select_id", "id_latent.npy")),
                     cond_src=jnp.asarray(np.load(wd.file("head_pose", "cond_src.npy"))))
-    nets = parallel.replicate(nets, ctx.mesh)
     lr = {"offsets": cfg.lr, "yaw": cfg.pose_lr, "pitch": cfg.pose_lr} if refine else cfg.lr
     opt = Optimiser(loss_fn(cfg, ctx.loss_size, dtype, flat_index, use_weights, use_id,
                             int(ctx.config.head_pose.rk4_steps)), lr, cfg.steps, ctx.microbatch)
     resize = jax.jit(losses.resize, static_argnums=1)
-    chunks = ctx.chunks()
-    bar = cli.progress(total=len(chunks) * int(cfg.steps), desc="attributes", unit="step")
-    for lo, hi in chunks:
-        if wd.chunk_done("attributes", lo):
-            bar.update(int(cfg.steps))
-            continue
+
+    def make_batch(lo, hi):
         host = {"frames": ctx.target(lo, hi), "ws": np.asarray(ws_pose[lo:hi]),
                 "pose": np.asarray(pose_in[lo:hi], np.float32)}
         if use_weights:
             host["weights"] = weights_all[lo:hi]
-        host, mask = parallel.pad_frames(host, ctx.chunk)
-        frames, pose = host.pop("frames"), host.pop("pose")
-        batch = parallel.shard_frames({**host, "target": np.asarray(resize(jnp.asarray(frames), ctx.loss_size)),
-                                       "mask": mask}, ctx.mesh)
-        start = {"offsets": np.zeros((ctx.chunk, len(channels)), np.float32)}
+        return host
+
+    def init(batch):
+        frames, pose = batch.pop("frames"), batch["pose"]
+        start = {"offsets": jnp.zeros((ctx.chunk, len(channels)), jnp.float32)}
         if refine:
             start.update(yaw=pose[:, 0], pitch=pose[:, 1])
-        params, loss = opt.run(parallel.shard_frames(start, ctx.mesh), nets, batch, stage="attributes", bar=bar)
-        n = hi - lo
-        off_out[lo:hi] = params["offsets"][:n]
-        pose_out[lo:hi] = np.stack([params["yaw"][:n], params["pitch"][:n], pose[:n, 2]], 1) if refine else pose[:n]
-        loss_out[lo:hi] = loss[:n]
-        off_out.flush(), loss_out.flush(), pose_out.flush()
-        wd.mark_chunk("attributes", lo)
-    bar.close()
-    wd.mark_done("attributes", sig, frames=t, channels=channels, mean_loss=float(np.mean(loss_out)))
-    ctx.log(f"[attributes] {len(channels)} channels, |offset| max {float(np.abs(off_out).max()):.3f}; mean loss "
-            f"{float(np.mean(loss_out)):.4f}")
+        return start, {**batch, "target": resize(frames, ctx.loss_size)}
 
+    def finish(params, loss, batch):
+        pose = np.asarray(batch["pose"])
+        if refine:
+            pose = np.stack([params["yaw"], params["pitch"], pose[:, 2]], 1)
+        return {"offsets.npy": params["offsets"], "pose.npy": pose}
+
+    out = run_chunks(ctx, "attributes", opt, nets, make_batch, init, finish,
+                     outputs={"offsets.npy": ((len(channels),), np.float32), "pose.npy": ((3,), np.float32)})
+    mean_loss = float(np.mean(out["loss.npy"]))
+    wd.mark_done("attributes", sig, frames=t, channels=channels, mean_loss=mean_loss)
+    ctx.log(f"[attributes] {len(channels)} channels, |offset| max {float(np.abs(out['offsets.npy']).max()):.3f}; "
+            f"mean loss {mean_loss:.4f}")
 
 def region_weights(wd, t, size, cfg):
     """[T, L, L] loss weights from the landmarks (None when off or without landmarks)."""

@@ -2,7 +2,7 @@
 from the alignment.
 
 For frame t, ws_t = the StyleFlow pose edit of the identity latent from cond_src to yaw = src_yaw + yaw_t,
-pitch = src_pitch + pitch_t (rows 0-3 edited, as StyleFlow does for pose; see `pose_latents`), and (yaw_t, pitch_t) minimise LPIPS + L2 between
+pitch = src_pitch + pitch_t (rows 0-3 edited, as StyleFlow does for pose; see `stylejax.decoder.pose_latents`), and (yaw_t, pitch_t) minimise LPIPS + L2 between
 G(ws_t) and the aligned frame; all frames of a chunk in one jitted step. They start from the landmark pose
 relative to the identity frame. Yaw and pitch are stored relative to the identity frame (the identity
 renders at 0, 0), so an encoding can drive another face.
@@ -22,31 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from stylejax import cli, losses, parallel
+from stylejax import losses
+from stylejax.decoder import COND_DIM, POSE_ROWS, pose_latents
+from stylejax.errors import PipelineError
 from stylejax.io import atomic
 from stylejax.nets.styleflow import PITCH_INDEX, YAW_INDEX
 from stylejax.optimize import Optimiser
-from stylejax.pipeline import signature
-
-POSE_ROWS = slice(0, 4)  # StyleFlow keeps W+ rows 0-3 for yaw and pitch
-COND_DIM = 17
-
-
-def pose_latents(flow, id_latent, cond_src, yaw_deg, pitch_deg, rk4_steps):
-    """Head-adjusted latents [T, num_ws, w_dim] for relative yaw/pitch [T] (degrees).
-
-    StyleFlow's edit w' = R(F(w, c_src), c_tgt) on rows 0-3, applied as w + R(z, c_tgt) - R(z, c_src) with
-    z = F(w, c_src): identical for an exact ODE solve (R(F(w, c), c) = w), and with RK4 it cancels the
-    solver's round-trip error, so a zero edit returns the identity latent exactly (the identity frame
-    renders as its own inversion)."""
-    t = yaw_deg.shape[0]
-    ws = jnp.broadcast_to(id_latent, (t,) + id_latent.shape)
-    cond = jnp.broadcast_to(cond_src, (t, COND_DIM))
-    target = cond.at[:, YAW_INDEX].add(yaw_deg).at[:, PITCH_INDEX].add(pitch_deg)
-    rows = ws[:, POSE_ROWS]
-    z = flow.forward(rows, cond, solver="rk4", steps=rk4_steps)
-    delta = flow.reverse(z, target, solver="rk4", steps=rk4_steps) - flow.reverse(z, cond, solver="rk4", steps=rk4_steps)
-    return ws.at[:, POSE_ROWS].add(delta)
+from stylejax.stages.base import run_chunks, signature
 
 
 def loss_fn(config, loss_size, dtype):
@@ -66,7 +48,6 @@ def source_condition(flow, id_latent, yaw_deg, pitch_deg, method, steps, rk4_ste
     if method == "zeros":
         return cond
     if method != "map":
-        from stylejax.pipeline import PipelineError
         raise PipelineError(f"--config.head_pose.condition must be 'map' or 'zeros', got {method!r}")
     free = np.ones(COND_DIM, bool)
     free[[YAW_INDEX, PITCH_INDEX]] = False
@@ -95,7 +76,6 @@ def source_condition(flow, id_latent, yaw_deg, pitch_deg, method, steps, rk4_ste
 def run(ctx):
     cfg, wd = ctx.config.head_pose, ctx.workdir
     if ctx.nets.styleflow is None:
-        from stylejax.pipeline import PipelineError
         raise PipelineError("the head_pose stage needs StyleFlow: pass --styleflow DIR (python -m convert styleflow)")
     sig = signature(ctx, "head_pose", ctx.nets.fingerprint("generator"), ctx.nets.fingerprint("styleflow"),
                     ctx.nets.fingerprint("lpips"))
@@ -125,34 +105,29 @@ def run(ctx):
     roll = np.asarray(tf["roll_deg"], np.float32) if "roll_deg" in tf and len(tf["roll_deg"]) == t else np.zeros(t, np.float32)
     roll_rel = roll - roll[id_frame]
 
-    pose_out = wd.array("head_pose", "pose.npy", (t, 3))
-    ws_out = wd.array("head_pose", "ws_pose.npy", (t, g.config.num_ws, g.config.w_dim))
-    loss_out = wd.array("head_pose", "loss.npy", (t,))
     dtype = jnp.dtype(ctx.config.dtype)
-    nets = parallel.replicate({"generator": g, "lpips": ctx.nets.lpips, "styleflow": flow,
-                               "id_latent": jnp.asarray(id_latent), "cond_src": jnp.asarray(cond_src)}, ctx.mesh)
-    opt = Optimiser(loss_fn(cfg, ctx.loss_size, dtype), cfg.lr, cfg.steps, ctx.microbatch)
+    nets = {"generator": g, "lpips": ctx.nets.lpips, "styleflow": flow, "id_latent": jnp.asarray(id_latent),
+            "cond_src": jnp.asarray(cond_src)}
     resize = jax.jit(losses.resize, static_argnums=1)
-    latents = jax.jit(lambda n, y, p: pose_latents(n["styleflow"], n["id_latent"], n["cond_src"], y, p, int(cfg.rk4_steps)))
-    chunks = ctx.chunks()
-    bar = cli.progress(total=len(chunks) * int(cfg.steps), desc="head_pose", unit="step")
-    for lo, hi in chunks:
-        if wd.chunk_done("head_pose", lo):
-            bar.update(int(cfg.steps))
-            continue
-        (frames, start), mask = parallel.pad_frames((ctx.target(lo, hi), init[lo:hi]), ctx.chunk)
-        batch = parallel.shard_frames({"target": resize(jnp.asarray(frames), ctx.loss_size), "mask": mask}, ctx.mesh)
-        params = parallel.shard_frames({"yaw": start[:, 0], "pitch": start[:, 1]}, ctx.mesh)
-        params, loss = opt.run(params, nets, batch, stage="head_pose", bar=bar)
-        n = hi - lo
-        ws = np.asarray(latents(nets, jnp.asarray(params["yaw"]), jnp.asarray(params["pitch"])))
-        pose_out[lo:hi] = np.stack([params["yaw"][:n], params["pitch"][:n], roll_rel[lo:hi]], axis=1)
-        ws_out[lo:hi] = ws[:n]
-        loss_out[lo:hi] = loss[:n]
-        pose_out.flush(), ws_out.flush(), loss_out.flush()
-        wd.mark_chunk("head_pose", lo)
-    bar.close()
-    wd.mark_done("head_pose", sig, frames=t, mean_loss=float(np.mean(loss_out)))
-    ctx.log(f"[head_pose] yaw {np.min(pose_out[:, 0]):+.1f}..{np.max(pose_out[:, 0]):+.1f} deg, pitch "
-            f"{np.min(pose_out[:, 1]):+.1f}..{np.max(pose_out[:, 1]):+.1f}, roll {np.min(roll_rel):+.1f}.."
-            f"{np.max(roll_rel):+.1f}; mean loss {float(np.mean(loss_out)):.4f}")
+    latents = jax.jit(lambda flow, id_latent, cond, y, p: pose_latents(flow, id_latent, cond, y, p, int(cfg.rk4_steps)))
+
+    def make_batch(lo, hi):
+        return {"frames": ctx.target(lo, hi), "start": init[lo:hi], "roll": roll_rel[lo:hi]}
+
+    def start(batch):
+        frames, pose = batch.pop("frames"), batch.pop("start")
+        return {"yaw": pose[:, 0], "pitch": pose[:, 1]}, {**batch, "target": resize(frames, ctx.loss_size)}
+
+    def finish(params, loss, batch):
+        yaw, pitch = jnp.asarray(params["yaw"]), jnp.asarray(params["pitch"])
+        return {"pose.npy": np.stack([params["yaw"], params["pitch"], np.asarray(batch["roll"])], axis=1),
+                "ws_pose.npy": latents(flow, nets["id_latent"], nets["cond_src"], yaw, pitch)}
+
+    out = run_chunks(ctx, "head_pose", Optimiser(loss_fn(cfg, ctx.loss_size, dtype), cfg.lr, cfg.steps, ctx.microbatch),
+                     nets, make_batch, start, finish,
+                     outputs={"pose.npy": ((3,), np.float32), "ws_pose.npy": ((g.config.num_ws, g.config.w_dim), np.float32)})
+    pose, mean_loss = out["pose.npy"], float(np.mean(out["loss.npy"]))
+    wd.mark_done("head_pose", sig, frames=t, mean_loss=mean_loss)
+    ctx.log(f"[head_pose] yaw {np.min(pose[:, 0]):+.1f}..{np.max(pose[:, 0]):+.1f} deg, pitch "
+            f"{np.min(pose[:, 1]):+.1f}..{np.max(pose[:, 1]):+.1f}, roll {np.min(roll_rel):+.1f}.."
+            f"{np.max(roll_rel):+.1f}; mean loss {mean_loss:.4f}")

@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stylejax import cli, losses, parallel
-from stylejax.optimize import Optimiser, check_finite
-from stylejax.pipeline import signature
+from stylejax import losses, parallel
+from stylejax.errors import PipelineError
+from stylejax.optimize import Optimiser
+from stylejax.stages.base import run_chunks, signature
 
 E4E_SIZE = 256  # e4e's input resolution (its map2style depths assume 256² inputs)
 
@@ -43,52 +44,34 @@ def encode_e4e(e4e, images):
 def run(ctx):
     cfg, wd = ctx.config.invert, ctx.workdir
     if ctx.nets.e4e is None:
-        from stylejax.pipeline import PipelineError
         raise PipelineError("the invert stage needs an e4e encoder: pass --e4e DIR (python -m convert e4e)")
     sig = signature(ctx, "invert", ctx.nets.fingerprint("generator"), ctx.nets.fingerprint("e4e"),
                     ctx.nets.fingerprint("lpips"))
     if wd.is_done("invert", sig):
         return
     g = ctx.nets.generator
-    t = ctx.num_frames
     space = str(cfg.space).lower()
     if space not in ("w+", "w"):
-        from stylejax.pipeline import PipelineError
         raise PipelineError(f"--config.invert.space must be 'w+' or 'w', got {cfg.space!r}")
     wd.begin("invert", sig, ctx.chunk)
-    ws_out = wd.array("invert", "ws.npy", (t, g.config.num_ws, g.config.w_dim))
-    loss_out = wd.array("invert", "loss.npy", (t,))
     dtype = jnp.dtype(ctx.config.dtype)
-    nets = parallel.replicate({"generator": g, "lpips": ctx.nets.lpips}, ctx.mesh)
     e4e = parallel.replicate(ctx.nets.e4e, ctx.mesh)
     e4e_fn = jax.jit(encode_e4e)
-    opt = Optimiser(loss_fn(cfg, ctx.loss_size, dtype), cfg.lr, cfg.steps, ctx.microbatch)
     resize = jax.jit(losses.resize, static_argnums=1)
-    chunks = ctx.chunks()
-    bar = cli.progress(total=len(chunks) * max(int(cfg.steps), 1), desc="invert", unit="step")
-    for lo, hi in chunks:
-        if wd.chunk_done("invert", lo):
-            bar.update(max(int(cfg.steps), 1))
-            continue
-        frames, mask = parallel.pad_frames(ctx.target(lo, hi), ctx.chunk)
-        frames = parallel.shard_frames(frames, ctx.mesh)
-        batch = {"target": resize(frames, ctx.loss_size), "mask": parallel.shard_frames(mask, ctx.mesh)}
-        step = max(1, int(cfg.e4e_batch))
+    step = max(1, int(cfg.e4e_batch))
+
+    def init(batch):
+        frames = batch.pop("frames")
         ws0 = jnp.concatenate([e4e_fn(e4e, frames[i:i + step]) for i in range(0, ctx.chunk, step)])
         start = {"ws": ws0} if space == "w+" else {"w": jnp.mean(ws0, axis=1)}  # W: the mean of e4e's rows
-        params = parallel.shard_frames(start, ctx.mesh)
-        if int(cfg.steps) > 0:
-            params, loss = opt.run(params, nets, batch, stage="invert", bar=bar)
-        else:
-            loss = opt.loss(params, nets, batch)
-            check_finite(loss, mask, "invert")
-            params = jax.tree_util.tree_map(np.asarray, params)
-            bar.update(1)
-        n = hi - lo
-        ws_out[lo:hi] = np.asarray(latents(params, g.config.num_ws))[:n]
-        loss_out[lo:hi] = loss[:n]
-        ws_out.flush(), loss_out.flush()
-        wd.mark_chunk("invert", lo)
-    bar.close()
-    wd.mark_done("invert", sig, frames=t, mean_loss=float(np.mean(loss_out)))
-    ctx.log(f"[invert] {t} frames, mean loss {float(np.mean(loss_out)):.4f}")
+        return start, {**batch, "target": resize(frames, ctx.loss_size)}
+
+    num_ws, w_dim = g.config.num_ws, g.config.w_dim
+    out = run_chunks(ctx, "invert", Optimiser(loss_fn(cfg, ctx.loss_size, dtype), cfg.lr, cfg.steps, ctx.microbatch),
+                     {"generator": g, "lpips": ctx.nets.lpips},
+                     make_batch=lambda lo, hi: {"frames": ctx.target(lo, hi)}, init=init,
+                     finish=lambda params, loss, batch: {"ws.npy": np.asarray(latents(params, num_ws))},
+                     outputs={"ws.npy": ((num_ws, w_dim), np.float32)})
+    mean_loss = float(np.mean(out["loss.npy"]))
+    wd.mark_done("invert", sig, frames=ctx.num_frames, mean_loss=mean_loss)
+    ctx.log(f"[invert] {ctx.num_frames} frames, mean loss {mean_loss:.4f}")

@@ -2,44 +2,13 @@
 the original video and a side-by-side with the aligned input and an error map. Also the re-synthesis
 metrics of `encode` (PSNR, SSIM, LPIPS, identity similarity against the aligned input).
 """
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from stylejax import cli, losses, metrics
-from stylejax.nets.stylespace import channel_to_flat_index
-from stylejax.parallel import pad_frames
-from stylejax.stages.attributes import apply_offsets
-from stylejax.stages.head_pose import pose_latents
-
-
-@functools.partial(jax.jit, static_argnames=("flat_index", "rk4_steps", "noise_mode"))
-def render_frames(g, flow, id_latent, cond_src, yaw, pitch, offsets, flat_index, rk4_steps, noise_mode="const"):
-    """Images [B, res, res, 3] (about [-1, 1]) of relative yaw/pitch [B] and offsets [B, K] at the StyleSpace
-    flat indices `flat_index` (a tuple: static, so one compiled program serves every chunk and call)."""
-    ws = pose_latents(flow, id_latent, cond_src, yaw, pitch, rk4_steps)
-    return g.synthesize_from_styles(apply_offsets(g, ws, offsets, np.asarray(flat_index)), noise_mode)
-
-
-def iter_renders(enc, g, flow, chunk=8):
-    """Yields (lo, hi, images [B, res, res, 3] float32) of the level (roll-free) re-synthesis."""
-    flat_index = tuple(channel_to_flat_index(n, g.config) for n in enc.channels)
-    cond = jnp.asarray(np.asarray(enc.settings["cond_src"], np.float32))
-    steps, noise = int(enc.settings.get("rk4_steps", 8)), enc.settings.get("noise_mode", "const")
-    pose, off = enc.pose_deg.astype(np.float32), enc.offsets.astype(np.float32)
-    id_latent = jnp.asarray(enc.id_latent)
-    for lo in range(0, enc.num_frames, chunk):
-        hi = min(lo + chunk, enc.num_frames)
-        (yaw, pitch, o), _ = pad_frames((pose[lo:hi, 0], pose[lo:hi, 1], off[lo:hi]), chunk)  # one shape
-        images = render_frames(g, flow, id_latent, cond, jnp.asarray(yaw), jnp.asarray(pitch), jnp.asarray(o),
-                               flat_index, steps, noise)
-        yield lo, hi, np.asarray(images)[:hi - lo]
-
-
-def to_uint8(images):
-    return np.clip(np.rint((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+from stylejax.decoder import iter_renders, to_uint8
 
 
 def apply_roll(image, roll_deg):

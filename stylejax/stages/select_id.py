@@ -12,7 +12,8 @@ Outputs: `select_id/id.json` {frame, reason, landmark_pose_deg}, `select_id/id_l
 import numpy as np
 
 from stylejax.io import atomic
-from stylejax.pipeline import PipelineError, signature
+from stylejax.errors import PipelineError
+from stylejax.stages.base import signature
 
 
 def landmark_pose(transforms, num_frames):

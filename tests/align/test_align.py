@@ -47,7 +47,7 @@ def _map(A, pts):
 
 def test_aligned_clip_recovers_full_frame(tracked):
     # (a) The clip was aligned by the paper's authors with their own landmarks/smoothing, so our quad can only
-    # be close: tolerance 2% of the crop (20 px) mean, 4% max. Measured: ~9 px mean (see README).
+    # be close: tolerance 2% of the crop (20 px) mean, 4% max. Measured: ~9 px mean (see docs/alignment.md).
     tf = al.transforms_from_landmarks(tracked[ALIGNED], np.ones(N_FRAMES, bool))
     err = np.linalg.norm(tf["quad"] - FULL, axis=-1)
     print(f"(a) corner error vs full frame: mean {err.mean():.2f} px, max {err.max():.2f} px")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA, REPO
-from stylejax.nets.generator import load_generator
+from stylejax.io.checkpoint import load_generator
 
 torch = pytest.importorskip("torch")
 import test_stylegan2_formats as fmt  # noqa: E402  (the format writers live with the reader tests)

@@ -11,6 +11,7 @@ from convert.__main__ import parse_args
 from conftest import DATA
 from convert import ConversionError
 from convert import arcface as convert_arcface
+from stylejax.io.checkpoint import load_arcface
 from stylejax.nets import arcface
 
 GOLDEN = os.path.join(DATA, "arcface.npz")
@@ -99,7 +100,7 @@ def test_convert_cli_end_to_end(tmp_path, golden, embed_jit):
     tsd["output_layer.4.num_batches_tracked"] = torch.tensor(0)
     torch.save(tsd, tmp_path / "ir_se.pth")
     _cli(["--src", str(tmp_path / "ir_se.pth"), "--out", str(tmp_path / "out")])
-    model = arcface.load_arcface(tmp_path / "out")
+    model = load_arcface(tmp_path / "out")
     params = model.params
     assert model.config == arcface.small_config()
     assert np.abs(np.asarray(embed_jit(params, images)) - emb_ref).max() <= 1e-4

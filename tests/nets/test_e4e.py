@@ -12,6 +12,7 @@ from convert.__main__ import parse_args
 from conftest import DATA, REPO
 from convert import ConversionError
 from convert import e4e as convert_e4e
+from stylejax.io.checkpoint import load_e4e
 from stylejax.nets import e4e
 
 GOLDEN = os.path.join(DATA, "e4e_small.npz")
@@ -77,7 +78,7 @@ def test_convert_cli_end_to_end(tmp_path, golden, apply_small):
     sd, latent_avg, images, ws_ref = golden
     src = _save(tmp_path / "e4e.pt", {"state_dict": sd, "latent_avg": latent_avg, "opts": OPTS})
     _cli(["--src", src, "--out", str(tmp_path / "out")])
-    model = e4e.load_e4e(tmp_path / "out")
+    model = load_e4e(tmp_path / "out")
     params = model.params
     assert model.config == e4e.small_config()
     ws = np.asarray(apply_small({"params": params}, images))

@@ -1,7 +1,7 @@
 """Flax StyleGAN2 vs golden outputs of rosinality/stylegan2-pytorch and NVlabs stylegan2-ada-pytorch.
 
 tests/data/stylegan2_small.npz: a 32 px generator (channels 64/64/32/16, z=w=64) with random, non-trivial
-weights, and what both references computed from it (see the README for how it was made).
+weights, and what both references computed from it (see docs/networks.md for how it was made).
 """
 import os
 

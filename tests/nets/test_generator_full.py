@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from stylejax.nets.generator import Generator, config_f, load_generator
+from stylejax.io.checkpoint import load_generator
+from stylejax.nets.generator import Generator, config_f
 
 pytestmark = pytest.mark.slow
 

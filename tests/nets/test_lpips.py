@@ -10,7 +10,8 @@ from conftest import DATA
 from convert import ConversionError
 from convert.__main__ import main as convert_main
 from convert.lpips import convert_state_dicts
-from stylejax.nets.lpips import LPIPS, config_from_params, distance, init_params, load_lpips
+from stylejax.io.checkpoint import load_lpips
+from stylejax.nets.lpips import LPIPS, config_from_params, distance, init_params
 
 
 def _golden(net):

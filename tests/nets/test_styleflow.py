@@ -11,6 +11,7 @@ import pytest
 from conftest import DATA
 from convert import ConversionError
 from convert.styleflow import state_dict_to_params
+from stylejax.io.checkpoint import load_styleflow
 from stylejax.nets import styleflow as sf
 
 
@@ -125,7 +126,7 @@ def test_converter_cli_end_to_end(tmp_path, golden, state_dict, main, zip_format
                _use_new_zipfile_serialization=zip_format)
     out = tmp_path / "styleflow"
     assert main(["styleflow", "--src", str(src), "--out", str(out)]) == 0
-    params = sf.load_styleflow(out).params
+    params = load_styleflow(out).params
     z = sf.forward(params, golden["ws"], golden["cond"])
     assert rel_err(z, golden["z_forward"]) <= 1e-3
     direct = sf.forward(state_dict_to_params(state_dict)[1], golden["ws"], golden["cond"])

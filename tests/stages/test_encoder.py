@@ -127,7 +127,7 @@ def test_closed_loop_recovers_the_clip(closed_loop):
 
     from stylejax import metrics
     from stylejax.pipeline import fingerprint
-    from stylejax.stages.render import iter_renders
+    from stylejax.decoder import iter_renders
 
     g, _, flow, _ = tiny_encoder.networks()
     id_true, pose_true, off_true, channels = closed_loop["truth"]
@@ -188,7 +188,7 @@ sys.path.insert(0, {tests!r})
 import jax
 import tiny_encoder
 from stylejax import pipeline
-from stylejax.nets import load
+from stylejax import load
 
 nets = pipeline.Nets(**{{k: load(v) for k, v in {nets!r}.items()}}).check()
 enc, summary = pipeline.encode(pipeline.Workdir({workdir!r}), nets, tiny_encoder.few_steps_config(4), out={out!r},
