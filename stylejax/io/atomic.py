@@ -177,22 +177,28 @@ def check_outputs(outputs, inputs=(), overwrite=False):
     """The output rule of every command, applied before it creates anything or starts its work: each output is
     checked as `check_output_file` / `check_output_dir` do (never an input, whatever `overwrite` says; a
     writable place; an existing file or folder only of the kind the command writes), and no two outputs share a
-    path or lie one inside the other. `inputs`: every path the command reads (None entries are skipped).
+    path or lie one inside the other (except a file inside a `resume` folder: an encoding in its work
+    directory). `inputs`: every path the command reads (None entries are skipped).
     Returns the resolved paths, in order (None for skipped outputs)."""
     inputs = [i for i in inputs if i is not None and str(i) != ""]
-    reals, seen = [], []
-    for out in outputs:
-        if out.path is None:
-            reals.append(None)
-            continue
-        real = resolve_output(out.path, out.what)
+    reals = [None if out.path is None else resolve_output(out.path, out.what) for out in outputs]
+    kept = [(out, real) for out, real in zip(outputs, reals) if real is not None]
+    # a file kept in a work directory (ours, resumed, never removed as a whole) is allowed, even before the
+    # work directory exists
+    in_workdir = {real: other_real for out, real in kept if not out.folder
+                  for other, other_real in kept if other.resume and real != other_real and _inside(real, other_real)}
+    for i, (out, real) in enumerate(kept):
         check_not_input(real, inputs, out.what)
-        for other, other_real in seen:
+        for other, other_real in kept[:i]:
+            if in_workdir.get(real) == other_real or in_workdir.get(other_real) == real:
+                continue
             if _inside(real, other_real) or _inside(other_real, real):
                 raise OutputError(f"the {out.what} {real} and the {other.what} {other_real} are the same path or "
                                   "one holds the other; give each output its own path")
         if not out.folder:
             _check_not_a_link(out.path, out.what)
+        if real in in_workdir and not os.path.lexists(in_workdir[real]):
+            continue  # in a work directory still to be made: that folder's own checks cover the place
         _check_parent(real, out.what)
         if not out.folder:
             _check_existing_file(real, overwrite, out.is_ours, out.kind, out.what)
@@ -203,8 +209,6 @@ def check_outputs(outputs, inputs=(), overwrite=False):
                               "empty directory")
         else:
             _check_existing_dir(real, overwrite, out.is_ours, out.what)
-        seen.append((out, real))
-        reals.append(real)
     return reals
 
 

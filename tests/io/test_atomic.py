@@ -436,3 +436,23 @@ def test_every_writer_removes_a_dead_writers_temporaries(tmp_path, writer):
     else:
         atomic.write_json(path, {"signature": "x"})
     assert os.listdir(tmp_path) == [name]
+
+
+def test_check_outputs_across_outputs(place):
+    """Two outputs never share a path or hold one another, except a file kept in a work directory (resumed,
+    never removed as a whole), even one still to be made; nothing is created by the checks."""
+    before = tree(place)
+    work = atomic.Output(str(place / "work"), "--workdir", lambda p: os.path.isfile(os.path.join(p, "OURS")),
+                         "a work directory", folder=True, resume=True)
+    enc = atomic.Output(str(place / "work" / "clip.enc"), "--out")
+    assert atomic.check_outputs([enc, work]) == [str(place / "work" / "clip.enc"), str(place / "work")]
+    with pytest.raises(OutputError, match="are the same path or one holds the other"):
+        atomic.check_outputs([atomic.Output(str(place / "a.mp4"), "--out"),
+                              atomic.Output(str(place / "a.mp4"), "--side-by-side")])
+    with pytest.raises(OutputError, match="are the same path or one holds the other"):
+        atomic.check_outputs([atomic.Output(str(place / "prev" / "x"), "--out"),
+                              atomic.Output(str(place / "prev"), "--outdir", folder=True)])
+    with pytest.raises(OutputError, match="it is or contains the input"):  # overwrite or not
+        atomic.check_outputs([atomic.Output(str(place / "data" / "video.mp4"), "--out")],
+                             inputs=[str(place / "data" / "video.mp4")], overwrite=True)
+    assert tree(place) == before
