@@ -442,10 +442,10 @@ def test_check_outputs_across_outputs(place):
     """Two outputs never share a path or hold one another, except a file kept in a work directory (resumed,
     never removed as a whole), even one still to be made; nothing is created by the checks."""
     before = tree(place)
-    work = atomic.Output(str(place / "work"), "--workdir", lambda p: os.path.isfile(os.path.join(p, "OURS")),
+    work = atomic.Output(str(place / "wd"), "--workdir", lambda p: os.path.isfile(os.path.join(p, "OURS")),
                          "a work directory", folder=True, resume=True)
-    enc = atomic.Output(str(place / "work" / "clip.enc"), "--out")
-    assert atomic.check_outputs([enc, work]) == [str(place / "work" / "clip.enc"), str(place / "work")]
+    enc = atomic.Output(str(place / "wd" / "clip.enc"), "--out")
+    assert atomic.check_outputs([enc, work]) == [str(place / "wd" / "clip.enc"), str(place / "wd")]
     with pytest.raises(OutputError, match="are the same path or one holds the other"):
         atomic.check_outputs([atomic.Output(str(place / "a.mp4"), "--out"),
                               atomic.Output(str(place / "a.mp4"), "--side-by-side")])
