@@ -31,6 +31,7 @@ import secrets
 import shutil
 import signal
 import tempfile
+import threading
 from typing import Callable, NamedTuple, Optional
 
 from stylejax.errors import UserError
@@ -213,6 +214,9 @@ def check_outputs(outputs, inputs=(), overwrite=False):
 
 
 _CLAIM = b"stylejax temporary output; its writer holds this file locked while it runs\n"
+_LIVE = {}  # id -> Temporary: this process's claims, for remove_live_temporaries
+# held while outputs are swapped into place and temporaries removed: an emergency exit waits for it
+_SWAPPING = threading.RLock()
 
 
 class Temporary:
@@ -239,18 +243,35 @@ class Temporary:
                 os.remove(self._lock)
             raise
         self._fd = fd
+        _LIVE[id(self)] = self
 
     def release(self):
         """Removes the temporary if it is still there, then the claim (in that order: a claim never outlives
         what it claims unless this process is killed in between)."""
-        if self._fd is None:
-            return
-        if os.path.lexists(self.path):
-            _remove(self.path)
-        with contextlib.suppress(OSError):
-            os.remove(self._lock)
-        os.close(self._fd)
-        self._fd = None
+        with _SWAPPING:  # one thread at a time: the command's, or a signal's emergency exit
+            if self._fd is None:
+                return
+            if os.path.lexists(self.path):
+                _remove(self.path)
+            with contextlib.suppress(OSError):
+                os.remove(self._lock)
+            os.close(self._fd)
+            self._fd = None
+            _LIVE.pop(id(self), None)
+
+
+def remove_live_temporaries(timeout=30.0):
+    """Removes every temporary this process has claimed and not released yet: for a command ended by a
+    signal while its main thread cannot run its `finally` blocks (`stylejax.cli`). Waits (up to `timeout`
+    seconds) for an output being swapped into place, so an output is never left half-replaced."""
+    held = _SWAPPING.acquire(timeout=timeout)
+    try:
+        for claim in list(_LIVE.values()):
+            with contextlib.suppress(Exception):
+                claim.release()
+    finally:
+        if held:
+            _SWAPPING.release()
 
 
 def remove_stale(path):
@@ -354,13 +375,15 @@ def _commit_dir(tmp, real, what, claims):
 
 @contextlib.contextmanager
 def _uninterrupted():
-    """Holds Ctrl-C and SIGTERM (delivered afterwards) while outputs are swapped and temporaries removed."""
+    """Holds Ctrl-C and SIGTERM (delivered afterwards) while outputs are swapped and temporaries removed;
+    an emergency exit from another thread (`remove_live_temporaries`) waits for it too."""
     try:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     except (AttributeError, ValueError, OSError):  # no pthread_sigmask on this platform
         old = None
     try:
-        yield
+        with _SWAPPING:
+            yield
     finally:
         if old is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -15,6 +15,9 @@ from conftest import REPO
 from stylejax.io import atomic, checkpoint
 from stylejax.io.atomic import OutputError
 
+# subprocess.run from a process that has imported JAX: fork+exec at once, nothing of JAX runs in the child
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called")
+
 
 def tree(root):
     """{relative path: sha1 of the content / 'dir' / 'link -> target'} of everything under root, hidden too."""
@@ -456,3 +459,64 @@ def test_check_outputs_across_outputs(place):
         atomic.check_outputs([atomic.Output(str(place / "data" / "video.mp4"), "--out")],
                              inputs=[str(place / "data" / "video.mp4")], overwrite=True)
     assert tree(place) == before
+
+
+_LONG_JIT = """
+import os, signal, sys
+import jax, jax.numpy as jnp
+from stylejax import cli
+from stylejax.io import atomic
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+out, video, ready = sys.argv[1], sys.argv[2], sys.argv[3]
+
+
+@jax.jit
+def hours(x):  # one XLA call that does not return for hours: Python signal handlers cannot run meanwhile
+    inner = lambda i, v: jax.lax.fori_loop(0, 1 << 30, lambda j, w: w * 1.0000001 + 1e-9, v)
+    return jax.lax.fori_loop(0, 1 << 30, inner, x)
+
+
+def main(args):
+    with atomic.output_dir(out, overwrite=True, is_ours=lambda p: True) as tmp, \\
+            atomic.output_file(video, overwrite=True) as tmp_video:
+        with open(os.path.join(tmp, "new.txt"), "w") as f:
+            f.write("half")
+        with open(tmp_video, "w") as f:
+            f.write("half a video")
+        hours.lower(jnp.ones(4)).compile()
+        open(ready, "w").close()
+        return {"x": float(hours(jnp.ones(4))[0])}
+
+sys.exit(cli.run("t", "", lambda fv: None, main, []))
+"""
+
+
+@pytest.mark.parametrize("sig,code,err", [(signal.SIGTERM, 143, ""), (signal.SIGINT, 130, "error: interrupted\n")])
+def test_signal_stops_a_long_jitted_computation_promptly(tmp_path, sig, code, err):
+    """The issue: SIGTERM was ignored for as long as a jitted computation ran (the handler waited for it to
+    return). Now the command ends within a few seconds (the grace is 1 s; the computation would run for
+    hours), with the old outputs intact and no temporary left."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old output")
+    (tmp_path / "clip.mp4").write_text("old video")
+    ready = tmp_path / "ready"
+    script = tmp_path / "script.py"
+    script.write_text(_LONG_JIT)
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(tmp_path / "clip.mp4"), str(ready)],
+                            env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"), stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not ready.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert ready.exists(), proc.stderr.read() if proc.poll() is not None else "timed out"
+    time.sleep(0.5)  # inside the computation
+    proc.send_signal(sig)
+    try:
+        assert proc.wait(timeout=15) == code
+    finally:
+        proc.kill()
+    assert proc.stderr.read() == err
+    assert sorted(os.listdir(tmp_path)) == ["clip.mp4", "out", "ready", "script.py"]
+    assert os.listdir(out) == ["old.txt"] and (out / "old.txt").read_text() == "old output"
+    assert (tmp_path / "clip.mp4").read_text() == "old video"
