@@ -133,7 +133,7 @@ def select(ckpt):
     decoder in the same file is not copied."""
     if not isinstance(ckpt, dict):
         return ckpt  # convert_checkpoint says what it is
-    sd = flatten_state_dict(ckpt["state_dict"]) if isinstance(ckpt.get("state_dict"), dict) else flatten_state_dict(ckpt)
+    sd = flatten_state_dict(ckpt["state_dict"] if isinstance(ckpt.get("state_dict"), dict) else ckpt)
     encoder = {k: v for k, v in sd.items() if k.startswith("encoder.")}
     tensors = {**(encoder or sd), "latent_avg": ckpt.get("latent_avg")}
     try:

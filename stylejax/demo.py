@@ -137,7 +137,8 @@ def synthesise(g, flow, id_latent, pose, offsets, channels, rk4_steps):
     from stylejax.decoder import iter_renders, to_uint8
 
     enc = Encoding(id_latent=id_latent, pose_deg=pose, offsets=offsets, channels=tuple(channels), fps=25.0,
-                   resolution=g.config.resolution, generator_fingerprint="0" * 16, pose_model="truth",
+                   resolution=g.config.resolution, generator_fingerprint="0" * 16,
+                   pose_model=f"styleflow-rk4-{int(rk4_steps)}",
                    settings={"cond_src": [0.0] * 17, "rk4_steps": rk4_steps})
     del jnp
     return np.concatenate([to_uint8(img) for _, _, img in iter_renders(enc, g, flow, chunk=8)])

@@ -60,6 +60,12 @@ def run(args):
         config.attributes.channels = args.channels
     if args.id_frame is not None and args.id_frame < 0:
         raise pipeline.PipelineError(f"--id-frame must be >= 0, got {args.id_frame}")
+    from stylejax.io.encoding import MAX_RK4_STEPS
+
+    steps = config.head_pose.rk4_steps
+    if not (isinstance(steps, int) and 1 <= steps <= MAX_RK4_STEPS):  # the encoding records it for rendering
+        raise pipeline.PipelineError(f"--config.head_pose.rk4_steps must be a whole number in [1, {MAX_RK4_STEPS}], "
+                                     f"got {steps!r}")
     from stylejax.io import atomic
     from stylejax.io.video import probe
 

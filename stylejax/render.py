@@ -40,7 +40,9 @@ def main(argv=None):
 
 
 def load_for_render(path, generator=None, styleflow=None):
-    """(Encoding, Generator, StyleFlow) with the generator's fingerprint checked against the encoding."""
+    """(Encoding, Generator, StyleFlow) with the generator's fingerprint checked against the encoding, and the
+    encoding checked against both networks (`stylejax.decoder.check_fits`)."""
+    from stylejax.decoder import check_fits
     from stylejax.errors import UserError
     from stylejax.io.encoding import load_encoding
     from stylejax.io.checkpoint import load
@@ -57,6 +59,7 @@ def load_for_render(path, generator=None, styleflow=None):
     if want and fingerprint(flow) != want:
         raise UserError(f"encoding {path} was made with StyleFlow {want}, {fpath} is {fingerprint(flow)}: render "
                         "with the StyleFlow used to encode")
+    check_fits(enc, g, flow, f"encoding {path}")
     return enc, g, flow
 
 

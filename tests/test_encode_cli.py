@@ -285,7 +285,8 @@ def test_render_never_writes_onto_an_input(small_encoding, nets_dir, tmp_path):
     (tmp_path / "orig.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom")  # an mp4 input (its first bytes)
     before = listing(tmp_path)
     for args, what in (([enc, "--out", enc, "--overwrite"], "--out"),
-                       ([enc, "--out", str(tmp_path / "x.mp4"), "--side-by-side", enc, "--overwrite"], "--side-by-side"),
+                       ([enc, "--out", str(tmp_path / "x.mp4"), "--side-by-side", enc, "--overwrite"],
+                        "--side-by-side"),
                        ([enc, "--out", str(tmp_path / "orig.mp4"), "--paste-back", str(tmp_path / "orig.mp4"),
                          "--overwrite"], "--out")):
         r = cli("stylejax.render", *args)
@@ -342,3 +343,82 @@ def test_encode_checks_every_output_before_creating_anything(nets_dir, noise_vid
     r = cli("stylejax.encode", *encode_args(nets_dir, video, nets_dir["generator"], str(tmp_path / "x.enc")))
     assert_one_line_error(r, "it is or contains the input")
     assert listing(tmp_path) == before
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+
+def edited_copy(small_encoding, path, settings=None, drop=(), **meta):
+    """A copy of the small encoding with metadata fields / settings changed (written with the safetensors
+    library, past save_encoding's checks, as a hand-edited or hostile file would be)."""
+    import safetensors.numpy
+
+    tensors, old = file_contents(small_encoding)
+    new = {**old, **{k: (v if isinstance(v, str) else json.dumps(v)) for k, v in meta.items()}}
+    s = {k: v for k, v in json.loads(old["settings"]).items() if k not in drop}
+    new["settings"] = json.dumps({**s, **(settings or {})})
+    if "id_latent_rows" in meta:
+        del new["id_latent_rows"]
+        tensors["id_latent"] = tensors["id_latent"][:meta["id_latent_rows"]]
+    if "channels" in meta:
+        tensors["frames"] = np.zeros((3, 3 + len(meta["channels"])), np.float16)
+    safetensors.numpy.save_file(tensors, str(path), metadata=new)
+    return str(path)
+
+
+BAD_ENCODINGS = {
+    # does not fit the networks (stylejax.decoder.check_fits)
+    "no-such-layer": (dict(channels=["99_0"]), "does not fit the networks: channel '99_0' names StyleSpace layer 99, "
+                                               "the generator has layers 0-"),
+    "no-such-channel": (dict(channels=["3_4000"]), "channel '3_4000' names channel 4000 of StyleSpace layer 3, which "
+                                                   "has "),
+    "no-cond-src": (dict(drop=["cond_src"]), "does not fit the networks: its settings have no 'cond_src'"),
+    "short-cond-src": (dict(settings={"cond_src": [0.0] * 5}), "its 'cond_src' has 5 values, StyleFlow's condition "
+                                                               "has 17"),
+    "fewer-rows": (dict(id_latent_rows=7), "its identity latent has 7 W+ rows of 32, the generator takes 8 of 32"),
+    # settings out of bounds or contradicting the pose model (stylejax.io.encoding)
+    "rk4-1e9": (dict(settings={"rk4_steps": 1e9}), "settings 'rk4_steps' = 1000000000.0 is not a whole number of RK4 "
+                                                   "steps in [1, 128]"),
+    "rk4-1e8": (dict(settings={"rk4_steps": 10 ** 8}), "settings 'rk4_steps' = 100000000 is not a whole number"),
+    "rk4-negative": (dict(settings={"rk4_steps": -1}), "settings 'rk4_steps' = -1 is not a whole number"),
+    "rk4-contradicts": (dict(settings={"rk4_steps": 16}), "settings 'rk4_steps' = 16 contradicts pose_model "
+                                                          "'styleflow-rk4-8'"),
+    "pose-model-1e8": (dict(pose_model="styleflow-rk4-100000000", drop=["rk4_steps"]),
+                       "pose_model 'styleflow-rk4-100000000' asks for 100000000 RK4 steps, outside [1, 128]"),
+    "pose-model-other": (dict(pose_model="stylegan-ada-pose"), "pose_model 'stylegan-ada-pose' is not "
+                                                                "'styleflow-rk4-N'"),
+    "noise-mode": (dict(settings={"noise_mode": "loud"}), "settings 'noise_mode' = 'loud' is not one of const, "
+                                                          "random, none"),
+    "networks": (dict(settings={"networks": {"generator": 5, "styleflow": "sf"}}),
+                 "settings 'networks' is not a dict of checkpoint paths"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ENCODINGS))
+def test_render_refuses_an_encoding_that_does_not_fit(small_encoding, tmp_path, case):
+    """Each was a valid file that ended in a traceback (or, for rk4_steps, ran for hours, or rendered without
+    the pose edit): now one line, before anything is written."""
+    edit, words = BAD_ENCODINGS[case]
+    path = edited_copy(small_encoding, tmp_path / "bad.enc", **edit)
+    r = cli("stylejax.render", path, "--out", tmp_path / "x.mp4")
+    assert_one_line_error(r, words)
+    assert os.listdir(tmp_path) == ["bad.enc"]
+
+
+def test_check_fits_is_what_every_decoder_runs(small_encoding, tmp_path):
+    """iter_renders (render, the encode metrics, the demo) refuses a misfit before computing anything."""
+    from stylejax.decoder import DecodeError, iter_renders
+    from stylejax.io.encoding import load_encoding
+
+    g, _, flow, _ = tiny_encoder.networks()
+    enc = load_encoding(edited_copy(small_encoding, tmp_path / "bad.enc", channels=["99_0"]))
+    with pytest.raises(DecodeError, match="this encoding does not fit the networks: channel '99_0'"):
+        next(iter_renders(enc, g, flow))
+
+
+def test_encode_refuses_unbounded_rk4_steps(nets_dir, noise_video, tmp_path):
+    """The encoding records the pose edit's RK4 steps for rendering: a value no encoding may carry is refused
+    before any work, not after it (when the encoding is assembled)."""
+    r = cli("stylejax.encode", *encode_args(nets_dir, noise_video, str(tmp_path / "wd"), str(tmp_path / "x.enc")),
+            "--config.head_pose.rk4_steps=100000000")
+    assert_one_line_error(r, "--config.head_pose.rk4_steps must be a whole number in [1, 128], got 100000000")
+    assert os.listdir(tmp_path) == []

@@ -27,6 +27,16 @@ READABLE_VERSIONS = ("1",)
 POSE_COLUMNS = ("yaw_deg", "pitch_deg", "roll_deg")
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 _CHANNEL_NAME = re.compile(r"^\d+_\d+$")
+# What turns yaw/pitch into latents when rendering: StyleFlow's pose edit solved with N fixed RK4 steps. N is
+# bounded: each step is two flow evaluations per frame, and a file is a few KB whatever N says (N = 1e8 ran
+# for hours and grew past 1.5 GB; N <= 0 rendered without the pose edit). 8 is the default, 32 the largest in
+# the accuracy table of docs/networks.md.
+POSE_MODEL = re.compile(r"^styleflow-rk4-(\d{1,18})$")
+MAX_RK4_STEPS = 128
+NOISE_MODES = ("const", "random", "none")
+MAX_FPS = 1000.0
+MAX_SIZE = 1 << 16  # px: a generator's resolution or an original frame's width and height
+MAX_SETTINGS_LIST = 64  # cond_src holds 17 values (9 lighting + 8 attributes); anything this long is not one
 _MAX_HEADER = 100_000_000  # the safetensors library's own limit on the JSON header
 
 
@@ -52,10 +62,10 @@ def _invalid(fields: dict) -> str | None:
     for name in ("id_latent", "pose_deg", "offsets"):
         if not np.isfinite(fields[name]).all():
             return f"{name} has non-finite values"
-    if not (math.isfinite(fields["fps"]) and fields["fps"] > 0):
-        return f"fps {fields['fps']!r} is not a positive number"
-    if fields["resolution"] <= 0:
-        return f"resolution {fields['resolution']} is not positive"
+    if not (math.isfinite(fields["fps"]) and 0 < fields["fps"] <= MAX_FPS):
+        return f"fps {fields['fps']!r} is not a frame rate in (0, {MAX_FPS}]"
+    if not 0 < fields["resolution"] <= MAX_SIZE:
+        return f"resolution {fields['resolution']} is not in [1, {MAX_SIZE}] px"
     for name in ("generator_fingerprint", "pose_model"):
         if not isinstance(fields[name], str) or not fields[name]:
             return f"{name} is not a non-empty string"
@@ -65,6 +75,9 @@ def _invalid(fields: dict) -> str | None:
         json.dumps(fields["settings"], allow_nan=False)
     except (TypeError, ValueError) as err:
         return f"settings are not JSON-serialisable ({err})"
+    problem = _invalid_settings(fields["pose_model"], fields["settings"], pose.shape[0])
+    if problem:
+        return problem
     quad, size = fields["quad"], fields["frame_size"]
     if (quad is None) != (size is None):
         return "quad and frame_size come together: give both or neither"
@@ -73,8 +86,49 @@ def _invalid(fields: dict) -> str | None:
             return f"quad has shape {list(quad.shape)}, expected [{pose.shape[0]}, 4, 2]"
         if not np.isfinite(quad).all():
             return "quad has non-finite values"
-        if len(size) != 2 or min(size) <= 0:
-            return f"frame_size {size} is not (width, height) in pixels"
+        if len(size) != 2 or min(size) <= 0 or max(size) > MAX_SIZE:
+            return f"frame_size {size} is not (width, height) in pixels, each in [1, {MAX_SIZE}]"
+    return None
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _invalid_settings(pose_model: str, settings: dict, num_frames: int) -> str | None:
+    """Bounds on everything the decoder reads from an encoding's pose model and settings (what the networks
+    must also agree with is `stylejax.decoder.check_fits`)."""
+    m = POSE_MODEL.match(pose_model)
+    if not m:
+        return (f"pose_model {pose_model[:40]!r} is not 'styleflow-rk4-N' (StyleFlow's pose edit with N RK4 steps, "
+                "the only pose model this stylejax renders)")
+    steps = int(m.group(1))
+    if not 1 <= steps <= MAX_RK4_STEPS:
+        return f"pose_model {pose_model!r} asks for {steps} RK4 steps, outside [1, {MAX_RK4_STEPS}]"
+    if "rk4_steps" in settings:
+        v = settings["rk4_steps"]
+        if not _whole(v) or not 1 <= v <= MAX_RK4_STEPS:
+            return f"settings 'rk4_steps' = {v!r:.40} is not a whole number of RK4 steps in [1, {MAX_RK4_STEPS}]"
+        if v != steps:
+            return f"settings 'rk4_steps' = {v} contradicts pose_model {pose_model!r}"
+    if "cond_src" in settings:
+        c = settings["cond_src"]
+        if not (isinstance(c, list) and 0 < len(c) <= MAX_SETTINGS_LIST
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in c)):
+            return "settings 'cond_src' is not a list of finite numbers (StyleFlow's source condition)"
+    if "noise_mode" in settings and settings["noise_mode"] not in NOISE_MODES:
+        return f"settings 'noise_mode' = {settings['noise_mode']!r:.40} is not one of {', '.join(NOISE_MODES)}"
+    if "pose_rows" in settings and settings["pose_rows"] != [0, 4]:
+        return (f"settings 'pose_rows' = {settings['pose_rows']!r:.40} contradicts pose_model {pose_model!r} "
+                "(StyleFlow edits W+ rows 0-3)")
+    if "id_frame" in settings and not (_whole(settings["id_frame"]) and 0 <= settings["id_frame"] < num_frames):
+        return f"settings 'id_frame' = {settings['id_frame']!r:.40} is not a frame index in [0, {num_frames})"
+    for key in ("styleflow_fingerprint", "aligned"):
+        if key in settings and not isinstance(settings[key], str):
+            return f"settings {key!r} is not a string"
+    nets = settings.get("networks", {})
+    if not (isinstance(nets, dict) and all(isinstance(v, str) for v in nets.values())):
+        return "settings 'networks' is not a dict of checkpoint paths"
     return None
 
 
@@ -113,6 +167,11 @@ class Encoding:
     @property
     def num_frames(self) -> int:
         return int(self.pose_deg.shape[0])
+
+    @property
+    def rk4_steps(self) -> int:
+        """RK4 steps of the pose edit, from `pose_model` (checked: in [1, MAX_RK4_STEPS])."""
+        return int(POSE_MODEL.match(self.pose_model).group(1))
 
     @property
     def bytes_per_frame(self) -> int:

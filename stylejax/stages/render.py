@@ -64,7 +64,8 @@ def render_outputs(out, side_by_side=None):
     from stylejax.io.atomic import Output
     from stylejax.io.video import is_mp4
 
-    return [Output(out, "--out", is_mp4, "an mp4 video"), Output(side_by_side, "--side-by-side", is_mp4, "an mp4 video")]
+    return [Output(out, "--out", is_mp4, "an mp4 video"),
+            Output(side_by_side, "--side-by-side", is_mp4, "an mp4 video")]
 
 
 def render_video(enc, g, flow, out, paste_back=None, side_by_side=None, aligned=None, overwrite=False, chunk=8,
@@ -77,8 +78,8 @@ def render_video(enc, g, flow, out, paste_back=None, side_by_side=None, aligned=
     from stylejax.io import atomic
     from stylejax.io.video import VideoError, VideoWriter, iter_frames, probe
 
-    real_out, side_by_side = atomic.check_outputs(
-        render_outputs(out, side_by_side), [paste_back, aligned if isinstance(aligned, str) else None, *inputs], overwrite)
+    inputs = [paste_back, aligned if isinstance(aligned, str) else None, *inputs]
+    real_out, side_by_side = atomic.check_outputs(render_outputs(out, side_by_side), inputs, overwrite)
     if paste_back is not None:
         if enc.quad is None:
             raise VideoError("this encoding has no alignment transforms: paste-back needs an encoding made from a "

@@ -498,7 +498,8 @@ def test_stride0_tensor_checked_against_the_network_before_it_is_copied(tmp_path
     assert out[0] == _refused(tmp_path / "g_bomb.pt", "ConversionError",
                               f"convs.0.conv.modulation.weight has shape [23000, 23000], expected {g_shape}")
     assert out[1] == "LOADED tuple"  # the discriminator is never copied
-    assert out[2].startswith(f"REFUSED ConversionError {issue}: not a StyleGAN2 generator checkpoint (top-level keys: w)")
+    assert out[2].startswith(f"REFUSED ConversionError {issue}: not a StyleGAN2 generator checkpoint "
+                             "(top-level keys: w)")
     assert out[3] == _refused(tmp_path / "e4e_bomb.pt", "ConversionError",
                               "encoder.styles.0.linear.weight has shape [23000, 23000] (2.0 GiB), more values than any "
                               f"array of the e4e encoder its shapes describe (at most {largest(small)}); {corrupt}")
@@ -523,5 +524,5 @@ def test_consistent_but_widened_generator_refused_before_copying(tmp_path):
     out = _run_capped([f"read_stylegan2({str(path)!r})"], setup="import convert.stylegan2_formats as f\n"
                                                                 "f.MAX_GENERATOR_BYTES = 1024")
     assert out[0].startswith(f"REFUSED ConversionError {path}: the shapes describe a generator of ")
-    assert out[0].endswith("MiB (float32), more than the 0 MiB this converter supports (config-f at 1024² is ~120 MB); "
-                           "not a supported StyleGAN2 generator, refused before copying it")
+    assert out[0].endswith("MiB (float32), more than the 0 MiB this converter supports (config-f at 1024² is "
+                           "~120 MB); not a supported StyleGAN2 generator, refused before copying it")

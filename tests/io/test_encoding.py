@@ -302,3 +302,28 @@ def test_identical_encodings_give_identical_files(tmp_path):
     tensors = safetensors_numpy.load(a)
     np.testing.assert_array_equal(tensors["id_latent"], make_encoding().id_latent)
     assert load_encoding(str(tmp_path / "a.enc")).settings == make_encoding().settings
+
+
+@pytest.mark.parametrize("over,message", [
+    (dict(pose_model="styleflow-rk4-0"), "pose_model 'styleflow-rk4-0' asks for 0 RK4 steps, outside [1, 128]"),
+    (dict(pose_model="styleflow-rk4-100000000"), "pose_model 'styleflow-rk4-100000000' asks for 100000000 RK4 steps, "
+                                                 "outside [1, 128]"),
+    (dict(settings={"rk4_steps": -1}), "settings 'rk4_steps' = -1 is not a whole number of RK4 steps in [1, 128]"),
+    (dict(settings={"rk4_steps": True}), "settings 'rk4_steps' = True is not a whole number"),
+    (dict(settings={"rk4_steps": 4}), "settings 'rk4_steps' = 4 contradicts pose_model 'styleflow-rk4-8'"),
+    (dict(settings={"cond_src": [0.0] * 100}), "settings 'cond_src' is not a list of finite numbers"),
+    (dict(settings={"cond_src": ["0"]}), "settings 'cond_src' is not a list of finite numbers"),
+    (dict(settings={"noise_mode": 3}), "settings 'noise_mode' = 3 is not one of const, random, none"),
+    (dict(settings={"pose_rows": [0, 18]}), "settings 'pose_rows' = [0, 18] contradicts pose_model"),
+    (dict(settings={"id_frame": T}), f"settings 'id_frame' = {T} is not a frame index in [0, {T})"),
+    (dict(fps=1e9), "fps 1000000000.0 is not a frame rate in (0, 1000.0]"),
+    (dict(resolution=1 << 20), "resolution 1048576 is not in [1, 65536] px"),
+])
+def test_settings_are_bounded_on_save_and_load(tmp_path, over, message):
+    """Every setting the decoder reads is bounded by the file format, whichever side it comes from."""
+    with pytest.raises(EncodingError) as e:
+        make_encoding(**over)
+    assert str(e.value).startswith(f"invalid encoding: {message}")
+    meta = {k: json.dumps(v) if k == "settings" else str(v) for k, v in over.items()}
+    p = write_raw(tmp_path / "x.safetensors", *good_raw(tmp_path, **meta))
+    assert read_error(p).startswith(f"cannot read encoding {p}: {message}")
