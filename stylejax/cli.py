@@ -132,6 +132,20 @@ def _on_sigterm_exit():
 GRACE_S = 1.0  # how long the main thread gets to stop by itself after Ctrl-C or SIGTERM
 
 
+def _kill_children():
+    """SIGKILLs this process's child processes (Linux: /proc/self/task/*/children); elsewhere does nothing."""
+    pids = set()
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+    except OSError:
+        return
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
 class _Watchdog:
     """Makes Ctrl-C and SIGTERM stop a command promptly, even inside a long jitted computation.
 
@@ -140,7 +154,8 @@ class _Watchdog:
     to a wakeup pipe at once; a thread reading it gives the main thread `GRACE_S` to stop by itself (its
     `finally` blocks remove the outputs' temporaries). If it has not, the thread removes every claimed
     temporary of this process (`stylejax.io.atomic.remove_live_temporaries`, which waits for an output being
-    swapped into place to finish) and ends the process with the status the main thread would have given."""
+    swapped into place to finish), after ending its child processes (ffmpeg), and ends the process with the
+    status the main thread would have given."""
 
     def __init__(self):
         self.finished = threading.Event()
@@ -176,6 +191,7 @@ class _Watchdog:
                 return
             from stylejax.io import atomic
 
+            _kill_children()  # ffmpeg writers/readers: none may (re)create a temporary after it is removed
             atomic.remove_live_temporaries()
             if self.finished.is_set():  # it stopped by itself meanwhile: let it finish normally
                 return

@@ -463,9 +463,10 @@ def test_check_outputs_across_outputs(place):
 
 _LONG_JIT = """
 import os, signal, sys
-import jax, jax.numpy as jnp
+import jax, jax.numpy as jnp, numpy as np
 from stylejax import cli
 from stylejax.io import atomic
+from stylejax.io.video import VideoWriter
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
 out, video, ready = sys.argv[1], sys.argv[2], sys.argv[3]
 
@@ -481,8 +482,8 @@ def main(args):
             atomic.output_file(video, overwrite=True) as tmp_video:
         with open(os.path.join(tmp, "new.txt"), "w") as f:
             f.write("half")
-        with open(tmp_video, "w") as f:
-            f.write("half a video")
+        writer = VideoWriter(tmp_video, 10)  # an ffmpeg child writing its own temporary
+        writer.write(np.zeros((16, 16, 3), np.uint8))
         hours.lower(jnp.ones(4)).compile()
         open(ready, "w").close()
         return {"x": float(hours(jnp.ones(4))[0])}
@@ -520,3 +521,5 @@ def test_signal_stops_a_long_jitted_computation_promptly(tmp_path, sig, code, er
     assert sorted(os.listdir(tmp_path)) == ["clip.mp4", "out", "ready", "script.py"]
     assert os.listdir(out) == ["old.txt"] and (out / "old.txt").read_text() == "old output"
     assert (tmp_path / "clip.mp4").read_text() == "old video"
+    time.sleep(1.0)  # a surviving ffmpeg child would have (re)created its temporary by now
+    assert sorted(os.listdir(tmp_path)) == ["clip.mp4", "out", "ready", "script.py"]
