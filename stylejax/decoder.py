@@ -4,7 +4,7 @@ One model, shared by every stage that optimises it (`head_pose`, `attributes`), 
 metrics, and by what comes next (puppeteering, fine-tuning):
 
     ws_t     = pose_latents(flow, id_latent, cond_src, yaw_t, pitch_t)      StyleFlow pose edit, rows 0-3
-    styles_t = apply_offsets(g, ws_t, offsets_t, flat_index)                 StyleSpace channel offsets
+    styles_t = apply_offsets(g, ws_t, offsets_t, flat_index, offset_scale)   StyleSpace channel offsets
     image_t  = g.synthesize_from_styles(styles_t)                            roll is re-applied in the image
 
 Pure functions of networks passed as arguments (pytrees); nothing here reads files. `check_fits` refuses,
@@ -42,10 +42,13 @@ def pose_latents(flow, id_latent, cond_src, yaw_deg, pitch_deg, rk4_steps):
     return ws.at[:, POSE_ROWS].add(delta)
 
 
-def apply_offsets(g, ws, offsets, flat_index):
-    """Styles of ws [T, num_ws, w_dim] with offsets [T, K] added at flat StyleSpace indices [K]."""
+def apply_offsets(g, ws, offsets, flat_index, offset_scale=None):
+    """Styles of ws [T, num_ws, w_dim] with offsets [T, K] added at flat StyleSpace indices [K]. Offsets are in
+    units of `offset_scale` [K] (each channel's standard deviation over the generator's samples: StyleSpace's
+    own unit, s += α·std), or raw style units when it is None."""
     flat = flatten_styles(g.styles_from_ws(ws))
-    return unflatten_styles(flat.at[:, flat_index].add(offsets), g.config)
+    raw = offsets if offset_scale is None else offsets * offset_scale
+    return unflatten_styles(flat.at[:, flat_index].add(raw), g.config)
 
 
 def flat_indices(channels, gconfig):
@@ -53,20 +56,21 @@ def flat_indices(channels, gconfig):
     return tuple(channel_to_flat_index(n, gconfig) for n in channels)
 
 
-def decode(g, flow, id_latent, cond_src, yaw_deg, pitch_deg, offsets, flat_index, rk4_steps, noise_mode="const",
-           dtype=jnp.float32):
+def decode(g, flow, id_latent, cond_src, yaw_deg, pitch_deg, offsets, flat_index, rk4_steps, offset_scale=None,
+           noise_mode="const", dtype=jnp.float32):
     """Images [T, res, res, 3] (about [-1, 1], level: roll not applied) of relative yaw/pitch [T] and offsets
-    [T, K] at `flat_index`. Differentiable in every argument."""
+    [T, K] (units of `offset_scale`) at `flat_index`. Differentiable in every argument."""
     ws = pose_latents(flow, id_latent, cond_src, yaw_deg, pitch_deg, rk4_steps)
-    styles = apply_offsets(g, ws, offsets, np.asarray(flat_index))
+    styles = apply_offsets(g, ws, offsets, np.asarray(flat_index), offset_scale)
     return g.synthesize_from_styles(styles, noise_mode, dtype=dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("flat_index", "rk4_steps", "noise_mode"))
-def render_frames(g, flow, id_latent, cond_src, yaw, pitch, offsets, flat_index, rk4_steps, noise_mode="const"):
+def render_frames(g, flow, id_latent, cond_src, yaw, pitch, offsets, offset_scale, flat_index, rk4_steps,
+                  noise_mode="const"):
     """`decode`, jitted once per chunk shape (`flat_index` a tuple: static, so one compiled program serves
     every chunk and call)."""
-    return decode(g, flow, id_latent, cond_src, yaw, pitch, offsets, flat_index, rk4_steps, noise_mode)
+    return decode(g, flow, id_latent, cond_src, yaw, pitch, offsets, flat_index, rk4_steps, offset_scale, noise_mode)
 
 
 class DecodeError(UserError):
@@ -76,7 +80,8 @@ class DecodeError(UserError):
 def check_fits(enc, g, flow, name="this encoding"):
     """Refuses an encoding that passes the file checks (`stylejax.io.encoding`, which also bounds its
     settings) but does not fit the generator `g` and StyleFlow `flow` that would decode it: its resolution,
-    identity latent shape, channel names, StyleFlow's source condition, and the flow against the generator.
+    identity latent shape, channel names, StyleFlow's source condition (present; StyleFlow's width), and the
+    flow against the generator.
     One line naming the problem, before anything is computed."""
     gc, fc = g.config, flow.config
     bad = lambda why: DecodeError(f"{name} does not fit the networks: {why}")
@@ -96,12 +101,12 @@ def check_fits(enc, g, flow, name="this encoding"):
             raise bad(f"channel {ch!r} names StyleSpace layer {layer}, the generator has layers 0-{len(dims) - 1}")
         if channel >= dims[layer]:
             raise bad(f"channel {ch!r} names channel {channel} of StyleSpace layer {layer}, which has {dims[layer]}")
-    if "cond_src" not in enc.settings:
-        raise bad("its settings have no 'cond_src' (the identity frame's StyleFlow condition, which the pose edit "
-                  "starts from); re-encode the video")
-    if len(enc.settings["cond_src"]) != fc.cond_dim or fc.cond_dim != COND_DIM:
-        raise bad(f"its 'cond_src' has {len(enc.settings['cond_src'])} values, StyleFlow's condition has "
-                  f"{fc.cond_dim} (the pose edit needs {COND_DIM})")
+    if enc.cond_src is None:  # a version-1 file whose settings lack it
+        raise bad("it has no 'cond_src' (the identity frame's StyleFlow condition, which the pose edit starts "
+                  "from); re-encode the video")
+    if len(enc.cond_src) != fc.cond_dim or fc.cond_dim != COND_DIM:
+        raise bad(f"its 'cond_src' has {len(enc.cond_src)} values, StyleFlow's condition has {fc.cond_dim} (the "
+                  f"pose edit needs {COND_DIM})")
     if fc.dim != gc.w_dim:
         raise bad(f"StyleFlow acts on {fc.dim}-d W rows, the generator's are {gc.w_dim}-d")
 
@@ -113,15 +118,15 @@ def iter_renders(enc, g, flow, chunk=8):
 
     check_fits(enc, g, flow)
     flat_index = flat_indices(enc.channels, g.config)
-    cond = jnp.asarray(np.asarray(enc.settings["cond_src"], np.float32))
+    cond = jnp.asarray(enc.cond_src)
     steps, noise = enc.rk4_steps, enc.settings.get("noise_mode", "const")
     pose, off = enc.pose_deg.astype(np.float32), enc.offsets.astype(np.float32)
-    id_latent = jnp.asarray(enc.id_latent)
+    id_latent, scale = jnp.asarray(enc.id_latent), jnp.asarray(enc.offset_scale)
     for lo in range(0, enc.num_frames, chunk):
         hi = min(lo + chunk, enc.num_frames)
         (yaw, pitch, o), _ = pad_frames((pose[lo:hi, 0], pose[lo:hi, 1], off[lo:hi]), chunk)  # one shape
         images = render_frames(g, flow, id_latent, cond, jnp.asarray(yaw), jnp.asarray(pitch), jnp.asarray(o),
-                               flat_index, steps, noise)
+                               scale, flat_index, steps, noise)
         yield lo, hi, np.asarray(images)[:hi - lo]
 
 

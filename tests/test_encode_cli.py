@@ -217,8 +217,8 @@ def small_encoding(tmp_path_factory, nets_dir):
     save_encoding(path, Encoding(
         id_latent=np.zeros((8, 32), np.float32), pose_deg=np.zeros((3, 3)), offsets=np.zeros((3, 1)),
         channels=("3_0",), fps=25.0, resolution=32, generator_fingerprint=fingerprint(g), pose_model="styleflow-rk4-8",
-        settings={"cond_src": [0.0] * 17, "rk4_steps": 8, "styleflow_fingerprint": fingerprint(flow),
-                  "networks": {"generator": nets_dir["generator"], "styleflow": nets_dir["styleflow"]}}))
+        cond_src=np.zeros(17, np.float32), styleflow_fingerprint=fingerprint(flow),
+        settings={"networks": {"generator": nets_dir["generator"], "styleflow": nets_dir["styleflow"]}}))
     return path
 
 
@@ -259,9 +259,9 @@ def test_render_unsupported_format_version(small_encoding, tmp_path):
 
     tensors, meta = file_contents(small_encoding)
     path = str(tmp_path / "future.enc")
-    safetensors.numpy.save_file(tensors, path, metadata={**meta, "format_version": "2"})
+    safetensors.numpy.save_file(tensors, path, metadata={**meta, "format_version": "3"})
     r = cli("stylejax.render", path, "--out", str(tmp_path / "x.mp4"))
-    assert_one_line_error(r, "format version '2' is not supported: this stylejax reads version(s) 1; upgrade "
+    assert_one_line_error(r, "format version '3' is not supported: this stylejax reads version(s) 1, 2; upgrade "
                              "stylejax to read it")
 
 
@@ -348,11 +348,17 @@ def test_encode_checks_every_output_before_creating_anything(nets_dir, noise_vid
 # ------------------------------------------------------------------------------------------------ decoding
 
 def edited_copy(small_encoding, path, settings=None, drop=(), **meta):
-    """A copy of the small encoding with metadata fields / settings changed (written with the safetensors
-    library, past save_encoding's checks, as a hand-edited or hostile file would be)."""
+    """A version-1 copy of the small encoding (its flat metadata holds every field, and its settings the
+    identity's StyleFlow condition and RK4 steps) with metadata fields / settings changed, written with the
+    safetensors library past save_encoding's checks, as a hand-edited or hostile file would be."""
     import safetensors.numpy
 
-    tensors, old = file_contents(small_encoding)
+    from stylejax.io.encoding import load_encoding, save_encoding
+
+    v1 = str(path) + ".v1"
+    save_encoding(v1, load_encoding(small_encoding), version="1")
+    tensors, old = file_contents(v1)
+    os.remove(v1)
     new = {**old, **{k: (v if isinstance(v, str) else json.dumps(v)) for k, v in meta.items()}}
     s = {k: v for k, v in json.loads(old["settings"]).items() if k not in drop}
     new["settings"] = json.dumps({**s, **(settings or {})})
@@ -371,19 +377,19 @@ BAD_ENCODINGS = {
                                                "the generator has layers 0-"),
     "no-such-channel": (dict(channels=["3_4000"]), "channel '3_4000' names channel 4000 of StyleSpace layer 3, which "
                                                    "has "),
-    "no-cond-src": (dict(drop=["cond_src"]), "does not fit the networks: its settings have no 'cond_src'"),
-    "short-cond-src": (dict(settings={"cond_src": [0.0] * 5}), "its 'cond_src' has 5 values, StyleFlow's condition "
-                                                               "has 17"),
+    "no-cond-src": (dict(drop=["cond_src"]), "does not fit the networks: it has no 'cond_src'"),
+    "short-cond-src": (dict(settings={"cond_src": [0.0] * 5}), "cond_src must be 17 finite values (StyleFlow's "
+                                                               "condition), got shape [5]"),
     "fewer-rows": (dict(id_latent_rows=7), "its identity latent has 7 W+ rows of 32, the generator takes 8 of 32"),
     # settings out of bounds or contradicting the pose model (stylejax.io.encoding)
     "rk4-1e9": (dict(settings={"rk4_steps": 1e9}), "settings 'rk4_steps' = 1000000000.0 is not a whole number of RK4 "
-                                                   "steps in [1, 128]"),
+                                                   "steps in [1, 64]"),
     "rk4-1e8": (dict(settings={"rk4_steps": 10 ** 8}), "settings 'rk4_steps' = 100000000 is not a whole number"),
     "rk4-negative": (dict(settings={"rk4_steps": -1}), "settings 'rk4_steps' = -1 is not a whole number"),
     "rk4-contradicts": (dict(settings={"rk4_steps": 16}), "settings 'rk4_steps' = 16 contradicts pose_model "
                                                           "'styleflow-rk4-8'"),
     "pose-model-1e8": (dict(pose_model="styleflow-rk4-100000000", drop=["rk4_steps"]),
-                       "pose_model 'styleflow-rk4-100000000' asks for 100000000 RK4 steps, outside [1, 128]"),
+                       "pose_model 'styleflow-rk4-100000000' asks for 100000000 RK4 steps, outside [1, 64]"),
     "pose-model-other": (dict(pose_model="stylegan-ada-pose"), "pose_model 'stylegan-ada-pose' is not "
                                                                 "'styleflow-rk4-N'"),
     "noise-mode": (dict(settings={"noise_mode": "loud"}), "settings 'noise_mode' = 'loud' is not one of const, "
@@ -420,5 +426,5 @@ def test_encode_refuses_unbounded_rk4_steps(nets_dir, noise_video, tmp_path):
     before any work, not after it (when the encoding is assembled)."""
     r = cli("stylejax.encode", *encode_args(nets_dir, noise_video, str(tmp_path / "wd"), str(tmp_path / "x.enc")),
             "--config.head_pose.rk4_steps=100000000")
-    assert_one_line_error(r, "--config.head_pose.rk4_steps must be a whole number in [1, 128], got 100000000")
+    assert_one_line_error(r, "--config.head_pose.rk4_steps must be a whole number in [1, 64], got 100000000")
     assert os.listdir(tmp_path) == []

@@ -435,7 +435,7 @@ def test_every_writer_removes_a_dead_writers_temporaries(tmp_path, writer):
 
         save_encoding(path, Encoding(id_latent=np.zeros((2, 4)), pose_deg=np.zeros((1, 3)), offsets=np.zeros((1, 0)),
                                      channels=(), fps=10.0, resolution=16, generator_fingerprint="0" * 16,
-                                     pose_model="styleflow-rk4-8"))
+                                     pose_model="styleflow-rk4-8", cond_src=np.zeros(17)))
     else:
         atomic.write_json(path, {"signature": "x"})
     assert os.listdir(tmp_path) == [name]
