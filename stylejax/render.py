@@ -68,7 +68,8 @@ def run(args):
     enc, g, flow = load_for_render(args.positional[0], args.generator, args.styleflow)
     aligned = args.aligned or enc.settings.get("aligned")
     n = render_video(enc, g, flow, args.out, paste_back=args.paste_back, side_by_side=args.side_by_side,
-                     aligned=aligned if args.side_by_side else None, overwrite=args.overwrite)
+                     aligned=aligned if args.side_by_side else None, overwrite=args.overwrite,
+                     inputs=[args.positional[0]])
     return {"message": f"rendered {n} frames ({enc.resolution}px) to {args.out}", "frames": n,
             "out": os.path.realpath(args.out), "side_by_side": args.side_by_side}
 

@@ -61,18 +61,27 @@ def evaluate(enc, nets, workdir, config, chunk=8):
 
 
 def render_video(enc, g, flow, out, paste_back=None, side_by_side=None, aligned=None, overwrite=False, chunk=8,
-                 mask="ellipse", feather=0.04):
+                 mask="ellipse", feather=0.04, inputs=()):
     """Writes `out` (mp4). `paste_back`: the original video, composited through the encoding's quads.
     `side_by_side`: a second mp4 with the aligned input, the re-synthesis and an error map (needs `aligned`,
-    the aligned frames [T, S, S, 3]). Returns the number of frames written."""
+    the aligned frames [T, S, S, 3]). `inputs`: other files no output may replace (the encoding). Returns the
+    number of frames written."""
     from stylejax.align.warp import face_mask, paste_back as paste
     from stylejax.io import atomic
     from stylejax.io.video import VideoError, VideoWriter, iter_frames, probe
 
+    reads = [paste_back, aligned if isinstance(aligned, str) else None, *inputs]
     real_out = atomic.resolve_output(out, "--out")
-    atomic.check_not_input(real_out, [paste_back, aligned if isinstance(aligned, str) else None], "--out")
+    atomic.check_not_input(real_out, reads, "--out")
     if os.path.exists(real_out) and not overwrite:
         raise VideoError(f"--out {real_out} already exists; choose another path or pass --overwrite")
+    if side_by_side:  # the same rules as --out: never an input, never --out itself, no silent overwrite
+        real_sbs = atomic.resolve_output(side_by_side, "--side-by-side")
+        atomic.check_not_input(real_sbs, reads, "--side-by-side")
+        if real_sbs == real_out:
+            raise VideoError(f"--side-by-side and --out are the same file {real_out}; give two paths")
+        if os.path.exists(real_sbs) and not overwrite:
+            raise VideoError(f"--side-by-side {real_sbs} already exists; choose another path or pass --overwrite")
     if paste_back is not None:
         if enc.quad is None:
             raise VideoError("this encoding has no alignment transforms: paste-back needs an encoding made from a "
