@@ -8,7 +8,7 @@ of pitch, plus per-frame noise of 1.5° (a seeded draw), so the encoder starts 4
 The clip (tiny networks, 6 frames, one encode: about 70 s of CPU) has frame 0 as the identity (forced with
 `id_frame`, as `--id-frame 0`), frames 1-2 with head pose only and frames 3-5 with head pose and expression
 (the demo's StyleSpace offsets). `head_pose` alone models no expression, so it is held to the bound on frames
-0-2; the joint refinement of pose and offsets in `attributes` on every frame.
+0-2; the joint refinement of pose and offsets in `attributes` on every frame. `pytest -s` prints the errors.
 """
 import numpy as np
 import pytest
@@ -62,12 +62,14 @@ def test_the_search_starts_away_from_the_answer(encoded):
     lm = np.asarray(encoded["workdir"].load("select_id", "landmark_pose.npy"))[:, :2]
     start = lm - lm[0]  # head_pose starts from the landmark pose relative to the identity frame
     err = np.abs(start - encoded["truth"])
+    print(f"landmark start: max |error| yaw {err[:, 0].max():.2f}°, pitch {err[:, 1].max():.2f}°")
     assert err.max() > 4.0 and (err.max(axis=1) > 2 * BOUND_DEG).sum() >= 3, err
 
 
 def test_head_pose_recovers_yaw_and_pitch_from_the_images(encoded):
     pose = np.asarray(encoded["workdir"].load("head_pose", "pose.npy"))[:, :2]
     err = np.abs(pose - encoded["truth"])[:POSE_ONLY]
+    print(f"head_pose (frames 0-2): max |error| yaw {err[:, 0].max():.2f}°, pitch {err[:, 1].max():.2f}°")
     assert err.max() < BOUND_DEG, err
 
 
@@ -75,4 +77,5 @@ def test_joint_refinement_recovers_yaw_and_pitch_on_every_frame(encoded):
     enc = encoded["enc"]
     assert enc.settings["id_frame"] == 0
     err = np.abs(enc.pose_deg[:, :2] - encoded["truth"])
+    print(f"joint refinement (all frames): max |error| yaw {err[:, 0].max():.2f}°, pitch {err[:, 1].max():.2f}°")
     assert err.max() < BOUND_DEG, err

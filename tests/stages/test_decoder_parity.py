@@ -99,9 +99,13 @@ def test_apply_offsets_equals_stylespace_manipulation(generator):
     channels = [str(c) for c in ref["channels"]]
     index = np.asarray(flat_indices(channels, generator.config))
     ws = jnp.asarray(ref["ws"])
-    offsets = jnp.asarray(ref["alpha"] * ref["std"])  # StyleSpace: alpha in units of each channel's std
-    images = np.asarray(generator.synthesize_from_styles(apply_offsets(generator, ws, offsets, index), "const"))
+    # offsets in units of each channel's std, as StyleSpace's alpha
+    styles = apply_offsets(generator, ws, jnp.asarray(ref["alpha"]), index, jnp.asarray(ref["std"]))
+    images = np.asarray(generator.synthesize_from_styles(styles, "const"))
     assert np.abs(images - ref["images"]).max() < FP32_TOL
+    # raw style units (offset_scale None, format-1 encodings): the same edit given as alpha * std
+    raw = apply_offsets(generator, ws, jnp.asarray(ref["alpha"] * ref["std"]), index)
+    assert np.abs(np.asarray(generator.synthesize_from_styles(raw, "const")) - ref["images"]).max() < FP32_TOL
     # the edits matter: every edited frame moves by far more than the tolerance, and frame 0 (no edit) not at all
     base = np.asarray(generator.synthesize(ws, "const"))
     moved = np.abs(ref["images"] - base).max(axis=(1, 2, 3))

@@ -108,7 +108,7 @@ def test_identity_loss_alone_moves_the_offsets_towards_the_target(arcface_net):
     loss = attributes.loss_fn(cfg, 32, jnp.float32, index, False, True, 8)
     true_offsets = jnp.asarray([[3.0, -3.0, 2.0, -2.0], [-3.0, 3.0, -2.0, 2.0]])
     target = g.synthesize_from_styles(apply_offsets(g, ws, true_offsets, index), "const")
-    nets = {"generator": g, "lpips": None, "arcface": arcface_net}
+    nets = {"generator": g, "lpips": None, "arcface": arcface_net, "offset_scale": jnp.ones(4)}
     batch = {"ws": ws, "target": target, "mask": jnp.ones(2)}
     start = {"offsets": jnp.zeros((2, 4))}
     opt = Optimiser(loss, 0.3, 40)

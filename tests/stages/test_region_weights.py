@@ -105,7 +105,8 @@ def test_weights_change_the_stage_loss_where_they_weight(clip, generator):
         target[0, row:row + 2, col:col + 2] += 0.5
         batch = {"ws": jnp.asarray(ws), "target": jnp.asarray(target), "weights": jnp.asarray(weights)}
         params = {"offsets": jnp.zeros((1, 1))}
-        out = {use: float(fn(params, {"generator": g, "lpips": None}, batch)[0]) for use, fn in loss.items()}
+        nets = {"generator": g, "lpips": None, "offset_scale": jnp.ones(1)}
+        out = {use: float(fn(params, nets, batch)[0]) for use, fn in loss.items()}
         assert out[False] == pytest.approx(4 * 0.25 / SIZE ** 2, rel=1e-4)  # the unweighted mean squared error
         return out[True] / out[False]
 

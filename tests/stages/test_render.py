@@ -93,8 +93,7 @@ def make_encoding(path, frames, roll_deg=None, quad=None, frame_size=None, flow_
     save_encoding(path, Encoding(
         id_latent=id_latent, pose_deg=pose, offsets=np.zeros((frames, 1), np.float32), channels=("3_0",), fps=25.0,
         resolution=SIZE, generator_fingerprint=fingerprint(g), pose_model="styleflow-rk4-8",
-        settings={"cond_src": [0.0] * 17, "rk4_steps": 8,
-                  "styleflow_fingerprint": flow_fp or fingerprint(flow)},
+        cond_src=np.zeros(17, np.float32), styleflow_fingerprint=flow_fp or fingerprint(flow),
         quad=quad, frame_size=frame_size))
     return path
 
