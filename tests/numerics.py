@@ -9,9 +9,9 @@ a different one:
   in XLA's own loops, which sum in another order;
 - `--xla_cpu_max_isa=AVX`: no AVX2, FMA or AVX-512: narrower vectors and separately rounded multiply and add.
 
-Together they move the encoder tests' comparison runs hundreds of times further apart than a chunk-size change
-does on this CPU (inversions 1.7e-4 vs 2.6e-7, offsets 0.09 vs 3e-5: `python scripts/encode_numerics.py`), which
-is what a user's CPU may do too.
+Together they move the encoder tests' comparison runs 30-300x further apart than a chunk-size change does on
+this CPU (inversions 1.7e-4 vs 4.7e-6, offsets 0.064 vs 2.4e-4: `python scripts/encode_numerics.py`), which is
+what a user's CPU may do too.
 
 `STYLEJAX_VARY_NUMERICS=1` (.ci/run's second pass over the comparison tests) runs the whole test process with
 the flags. A test that runs one side of a comparison in a subprocess gives the subprocess the other setting
