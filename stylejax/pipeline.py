@@ -12,6 +12,7 @@ context, signatures, the chunk loop) and `stylejax.decoder` -> `stylejax.workdir
 `nets`, `io`. The names below are re-exported here so that `pipeline.Nets`, `pipeline.Workdir`, ... stay the
 one import a user needs.
 """
+import dataclasses
 import json
 import os
 import time
@@ -21,28 +22,35 @@ import numpy as np
 
 from stylejax.errors import PipelineError
 from stylejax.io import atomic
-from stylejax.stages import attributes, head_pose, invert, render, select_id
+from stylejax.stages import attributes, finetune, head_pose, invert, render, select_id
 from stylejax.stages.base import STAGES, Context, Nets, default_lpips, fingerprint, make_context, signature
 from stylejax.workdir import MARKER, Workdir, digest, write_aligned
 
 __all__ = ["STAGES", "MARKER", "PipelineError", "Nets", "Workdir", "Context", "make_context", "signature",
            "fingerprint", "default_lpips", "write_aligned", "encode", "run_align", "assemble"]
 
-# the optimising stages in order (align runs first, from the video)
+# the optimising stages in order (align runs first, from the video; finetune only with finetune.steps > 0)
 ENCODER_STAGES = (("invert", invert), ("select_id", select_id), ("head_pose", head_pose),
-                  ("attributes", attributes))
+                  ("attributes", attributes), ("finetune", finetune))
 
 
 def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] = None, overwrite=False,
            log=print, align_log=None, format_version="2"):
-    """Runs align (if `video`), invert, select_id, head_pose and attributes; writes the encoding to `out`
-    (if given, in file format `format_version`) and returns (Encoding, summary dict with per-stage times)."""
+    """Runs align (if `video`), invert, select_id, head_pose, attributes and (with `config.finetune.steps` > 0)
+    finetune; writes the encoding to `out` (if given, in file format `format_version`) and the fine-tuned
+    generator's delta beside it (`io.delta.delta_path_for(out)`); returns (Encoding, summary dict with per-stage
+    times)."""
+    from stylejax.io.delta import delta_path_for
+
     times = {}
     if out is not None:
         out_real = atomic.resolve_output(out, "--out")
         atomic.check_not_input(out_real, [video] + list(nets.paths.values()), "--out")
         if os.path.exists(out_real) and not overwrite:
             raise PipelineError(f"--out {out_real} already exists; choose another path or pass --overwrite")
+        delta_out = delta_path_for(out_real) if finetune.enabled(config) else None
+        if delta_out is not None:
+            atomic.check_output_file(delta_out, overwrite, [video] + list(nets.paths.values()), "delta file")
     if video is not None:
         t0 = time.perf_counter()
         run_align(workdir, video, nets.generator.config.resolution, config, log=align_log or log)
@@ -57,17 +65,35 @@ def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] 
         module.run(ctx)
         times[name] = time.perf_counter() - t0
     enc = assemble(ctx)
+    delta, delta_info = None, None
+    if enc.delta_fingerprint is not None:
+        from stylejax.io.delta import load_delta
+
+        delta = load_delta(workdir.file("finetune", "delta.safetensors"), nets.generator)
+        delta_info = {"path": None, "bytes": delta.nbytes, "form": delta.form, "fingerprint": delta.fingerprint}
     if out is not None:
         from stylejax.io.encoding import load_encoding, save_encoding
 
+        if delta is not None:  # the delta first: the encoding names it
+            with open(workdir.file("finetune", "delta.safetensors"), "rb") as f:
+                atomic.write_bytes(delta_out, f.read())
+            enc = dataclasses.replace(enc, settings={**enc.settings, "delta": delta_out})
+            delta_info["path"] = delta_out
         save_encoding(out_real, enc, version=format_version)
         enc = load_encoding(out_real)  # metrics from the saved (float16) file: what a user gets
     t0 = time.perf_counter()
-    summary = render.evaluate(enc, nets, workdir, config, chunk=ctx.chunk)
+    tuned = delta.apply(nets.generator) if delta is not None else None
+    summary = render.evaluate(enc, nets, workdir, config, chunk=ctx.chunk, generator=tuned)
+    if delta is not None:  # what fine-tuning gained: the same encoding through the base generator
+        base = render.evaluate(enc, nets, workdir, config, chunk=ctx.chunk)
+        summary.update(psnr_db_base=base["psnr_db"], lpips_base=base["lpips"])
     times["evaluate"] = time.perf_counter() - t0
     summary.update(stage_seconds={k: round(v, 3) for k, v in times.items()}, frames=enc.num_frames,
                    bytes_per_frame=enc.bytes_per_frame, id_frame=int(json.load(open(workdir.file("select_id", "id.json")))["frame"]),
-                   chunk_size=ctx.chunk, devices=int(ctx.mesh.devices.size))
+                   chunk_size=ctx.chunk, devices=int(ctx.mesh.devices.size), delta=delta_info)
+    calibration = workdir.file("head_pose", "pose_calibration.json")
+    if os.path.isfile(calibration):
+        summary["pose_calibration"] = atomic.read_json(calibration)
     return enc, summary
 
 
@@ -109,4 +135,10 @@ def assemble(ctx):
                     pose_model=f"styleflow-rk4-{int(ctx.config.head_pose.rk4_steps)}",
                     cond_src=np.asarray(wd.load("head_pose", "cond_src.npy")),
                     styleflow_fingerprint=ctx.nets.fingerprint("styleflow"), settings=settings, quad=quad,
-                    frame_size=frame_size)
+                    frame_size=frame_size, delta_fingerprint=delta_fingerprint(ctx))
+
+
+def delta_fingerprint(ctx):
+    """The fingerprint of the work directory's fine-tuned delta when fine-tuning is on and finished, else None."""
+    done = ctx.workdir.done("finetune") if finetune.enabled(ctx.config) else None
+    return None if done is None else done.get("delta_fingerprint")

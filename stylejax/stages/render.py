@@ -33,9 +33,10 @@ def error_map(a, b):
     return heat[..., ::-1]
 
 
-def evaluate(enc, nets, workdir, config, chunk=8):
+def evaluate(enc, nets, workdir, config, chunk=8, generator=None):
     """Re-synthesis from `enc` (as saved: float16 parameters) against the aligned frames: mean PSNR, SSIM,
-    LPIPS, and ArcFace identity similarity when an ArcFace network is loaded."""
+    LPIPS, and ArcFace identity similarity when an ArcFace network is loaded. `generator`: render with this
+    one instead of `nets.generator` (the fine-tuned generator)."""
     frames = workdir.frames()
     size = frames.shape[1]
     loss_size = min(int(config.loss_size), nets.generator.config.resolution)
@@ -43,7 +44,7 @@ def evaluate(enc, nets, workdir, config, chunk=8):
     lp_fn = jax.jit(lambda lp, a, b: lp(losses.resize(a, loss_size), losses.resize(b, loss_size)))
     id_fn = jax.jit(lambda af, a, b: 1.0 - af.id_loss_per_sample(a, b))
     psnr, ssim, lp, ids = [], [], [], []
-    for lo, hi, img in iter_renders(enc, nets.generator, nets.styleflow, chunk):
+    for lo, hi, img in iter_renders(enc, generator or nets.generator, nets.styleflow, chunk):
         target = frames[lo:hi].astype(np.float32) / 127.5 - 1.0
         if img.shape[1] != size:
             img = np.asarray(losses.resize(jnp.asarray(img), size))
@@ -61,16 +62,17 @@ def evaluate(enc, nets, workdir, config, chunk=8):
 
 
 def render_video(enc, g, flow, out, paste_back=None, side_by_side=None, aligned=None, overwrite=False, chunk=8,
-                 mask="ellipse", feather=0.04):
+                 mask="ellipse", feather=0.04, inputs=()):
     """Writes `out` (mp4). `paste_back`: the original video, composited through the encoding's quads.
     `side_by_side`: a second mp4 with the aligned input, the re-synthesis and an error map (needs `aligned`,
-    the aligned frames [T, S, S, 3]). Returns the number of frames written."""
+    the aligned frames [T, S, S, 3]). `inputs`: more files `out` must not be (the encoding, a delta). Returns the
+    number of frames written."""
     from stylejax.align.warp import face_mask, paste_back as paste
     from stylejax.io import atomic
     from stylejax.io.video import VideoError, VideoWriter, iter_frames, probe
 
     real_out = atomic.resolve_output(out, "--out")
-    atomic.check_not_input(real_out, [paste_back, aligned if isinstance(aligned, str) else None], "--out")
+    atomic.check_not_input(real_out, [paste_back, aligned if isinstance(aligned, str) else None, *inputs], "--out")
     if os.path.exists(real_out) and not overwrite:
         raise VideoError(f"--out {real_out} already exists; choose another path or pass --overwrite")
     if paste_back is not None:
