@@ -41,8 +41,8 @@ def get_config():
     c.head_pose.condition = "map"     # identity frame's StyleFlow condition: "map" (max. likelihood) or "zeros"
     c.head_pose.condition_steps = 100
     c.head_pose.landmark_init = True  # start from the landmark pose relative to the identity frame
-    c.head_pose.yaw_sign = 1.0        # landmark yaw/pitch -> StyleFlow yaw/pitch (unverified on real weights)
-    c.head_pose.pitch_sign = 1.0
+    c.head_pose.yaw_sign = "auto"     # landmark yaw/pitch -> StyleFlow yaw/pitch: "auto" (measured on the identity's
+    c.head_pose.pitch_sign = "auto"   # renders, +1 when no face is found) or a number, e.g. "-1"
 
     c.attributes = ml_collections.ConfigDict()
     c.attributes.steps = 100
