@@ -61,6 +61,8 @@ def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] 
         config.select_id.frame = int(id_frame)
     ctx = make_context(workdir, nets, config, log)
     for name, module in ENCODER_STAGES:
+        if name == "finetune" and not finetune.enabled(config):
+            continue  # the optional stage: off, and not in the summary's stage times
         t0 = time.perf_counter()
         module.run(ctx)
         times[name] = time.perf_counter() - t0
