@@ -20,9 +20,10 @@ from stylejax import demo, pipeline
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called")
 
 FRAMES, CHUNK = 8, 4  # two chunks: the gradient is accumulated over both before each update
-STEPS, SAVE_EVERY, KILL_AT_UPDATE = 20, 5, 13  # saves at 5, 10, 15, 20; killed in step 13: resumes from 10
+STEPS, SAVE_EVERY, KILL_AT_UPDATE = 30, 5, 23  # saves every 5 steps; killed in step 23: resumes from 20
+RESUMED_FROM = 20
 PERTURBATION = 0.05
-MIN_GAIN_DB = 3.0  # the stated gain; measured 5.6 dB (see test_finetuning_gains_over_the_untuned_resynthesis)
+MIN_GAIN_DB = 4.0  # the stated gain (measured: test_finetuning_gains_over_the_untuned_resynthesis)
 
 
 def quiet(msg):
@@ -46,7 +47,7 @@ def perturbed(g, seed=1):
 def config(steps):
     c = tiny_encoder.few_steps_config(CHUNK)
     c.finetune.steps = steps
-    c.finetune.lr = 3e-3  # 10x PTI's: 20 steps on a 32 px generator instead of PTI's 350 at 1024
+    c.finetune.lr = 3e-3  # 10x PTI's: 30 steps on a 32 px generator instead of PTI's 350 at 1024
     c.finetune.save_every = SAVE_EVERY
     return c
 
@@ -155,7 +156,7 @@ def test_a_run_killed_and_rerun_writes_the_same_delta(loop, tuned_run, tmp_path,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == -9, proc.stderr[-3000:]
     state = os.path.join(workdir, "finetune", "state")
-    assert sorted(int(s) for s in os.listdir(state) if s.isdigit()) == [5, 10]  # the last two saves
+    assert sorted(int(s) for s in os.listdir(state) if s.isdigit()) == [RESUMED_FROM - SAVE_EVERY, RESUMED_FROM]
     assert not os.path.exists(os.path.join(workdir, "finetune", "done.json"))
 
     updates = []
@@ -167,7 +168,7 @@ def test_a_run_killed_and_rerun_writes_the_same_delta(loop, tuned_run, tmp_path,
     monkeypatch.setattr(finetune, "make_programs", counting)
     ctx = pipeline.make_context(pipeline.Workdir(workdir), tiny_encoder.nets(), config(STEPS), quiet)
     finetune.run(ctx)
-    assert len(updates) == STEPS - 10  # continued from the save at step 10
+    assert len(updates) == STEPS - RESUMED_FROM  # continued from the last save
     same = lambda name: open(os.path.join(workdir, "finetune", name), "rb").read() == open(
         os.path.join(tuned_run["dir"], "workdir", "finetune", name), "rb").read()
     assert same("delta.safetensors")  # the same bits as the uninterrupted run
