@@ -258,7 +258,9 @@ def run(args):
         e4e = args.e4e or recorded.get("e4e")
         if not e4e:
             raise PuppetError("no e4e recorded in the driver: pass --e4e DIR to encode the identity")
-        lp = args.lpips or (recorded.get("lpips") if recorded.get("lpips", "").startswith("/") else None)
+        if args.config is None:
+            raise PuppetError(f"cannot load --config (default {DEFAULT_CONFIG})")
+        lp = args.lpips or (recorded["lpips"] if os.path.isdir(str(recorded.get("lpips", ""))) else None)
         nets = Nets.load(gpath, e4e, flow_path, lp)
         quiet = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
         identity_enc, path, summary = encode_identity(args.identity, kind, args.workdir, nets, args.config, quiet)
