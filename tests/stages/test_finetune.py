@@ -99,8 +99,8 @@ def test_finetuning_gains_over_the_untuned_resynthesis(loop, tuned_run):
     assert enc.bytes_per_frame == 70  # the encoding itself is unchanged in size
     untuned = psnr_of(tuned_run["enc"], g, loop["frames"])
     tuned = psnr_of(tuned_run["enc"], delta.apply(g), loop["frames"])
-    # measured 33.2 -> 38.8 dB (+5.6) with 20 steps; the encoder alone (no delta) cannot reach the perturbed
-    # generator's frames. The stated gain is 3 dB.
+    # measured 33.0 -> 39.7 dB (+6.7) with 30 steps; the encoder alone (no delta) cannot reach the perturbed
+    # generator's frames. The stated gain is 4 dB.
     assert tuned - untuned >= MIN_GAIN_DB, (untuned, tuned)
     s = tuned_run["summary"]
     assert s["psnr_db"] == pytest.approx(tuned, abs=0.01) and s["psnr_db_base"] == pytest.approx(untuned, abs=0.01)
