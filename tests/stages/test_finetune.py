@@ -107,9 +107,38 @@ def test_finetuning_gains_over_the_untuned_resynthesis(loop, tuned_run):
     assert s["delta"] == {"path": tuned_run["delta"], "bytes": delta.nbytes, "form": "full",
                           "fingerprint": delta.fingerprint}
     assert loop["untuned"]["psnr_db"] == pytest.approx(untuned, abs=0.01)  # the same encoding without fine-tuning
+    # the demo's random generator shows no face: the landmark -> StyleFlow factors fell back to +1, and said so
+    assert (s["pose_calibration"]["method"], s["pose_calibration"]["yaw_factor"]) == ("fallback", 1.0)
     done = json.load(open(os.path.join(tuned_run["dir"], "workdir", "finetune", "done.json")))
     assert done["final_loss"] < done["first_loss"] and done["steps"] == STEPS
     assert not os.path.exists(os.path.join(tuned_run["dir"], "workdir", "finetune", "state"))
+
+
+def test_locality_regulariser_latents_and_loss():
+    """PTI's locality term: its latents lie at distance alpha from the identity latent, and it is zero for the
+    base generator itself and grows as the tuned weights move away."""
+    import jax
+    import jax.numpy as jnp
+
+    from stylejax.io.delta import flatten, unflatten
+    from stylejax.nets.generator import Generator, GeneratorConfig
+    from stylejax.nets.lpips import LPIPS, LPIPSConfig
+    from stylejax.stages import finetune
+
+    g = Generator.random(GeneratorConfig(resolution=8, z_dim=8, w_dim=8, mapping_layers=1, channels=((4, 16), (8, 16))))
+    id_latent = g.mapping(jnp.ones((1, 8)))[0]
+    ws = finetune.locality_latents(g, id_latent, jax.random.PRNGKey(0), 3, 30.0)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(ws - id_latent).reshape(3, -1), axis=1), 30.0, rtol=1e-5)
+    c = config(1).finetune
+    c.locality_samples = 2
+    loss = jax.jit(finetune.locality_loss(c, 64, jnp.float32))
+    nets = {"generator": g, "lpips": LPIPS.random(LPIPSConfig("alex")), "id_latent": id_latent}
+    key = jax.random.PRNGKey(1)
+    # the same weights: zero up to float32 rounding (the two images are the same program's output; measured 3e-16)
+    assert abs(float(loss(g.params["synthesis"], nets, key))) < 1e-10
+    moved = lambda amount: unflatten({k: v * (1 + amount) for k, v in flatten(g.params["synthesis"]).items()})
+    small, large = float(loss(moved(0.01), nets, key)), float(loss(moved(0.1), nets, key))
+    assert 1e-8 < small < large
 
 
 KILLED = """
@@ -159,16 +188,19 @@ def test_a_run_killed_and_rerun_writes_the_same_delta(loop, tuned_run, tmp_path,
     assert sorted(int(s) for s in os.listdir(state) if s.isdigit()) == [RESUMED_FROM - SAVE_EVERY, RESUMED_FROM]
     assert not os.path.exists(os.path.join(workdir, "finetune", "done.json"))
 
-    updates = []
+    updates, programs = [], []
     make = finetune.make_programs
 
     def counting(*args, **kwargs):
         chunk_grad, update = make(*args, **kwargs)
+        programs.extend([chunk_grad, update])
         return chunk_grad, lambda *a: updates.append(1) or update(*a)
     monkeypatch.setattr(finetune, "make_programs", counting)
     ctx = pipeline.make_context(pipeline.Workdir(workdir), tiny_encoder.nets(), config(STEPS), quiet)
     finetune.run(ctx)
     assert len(updates) == STEPS - RESUMED_FROM  # continued from the last save
+    # each program compiled once for all chunks and steps (the restored state placed like a fresh one)
+    assert [p._cache_size() for p in programs] == [1, 1]
     same = lambda name: open(os.path.join(workdir, "finetune", name), "rb").read() == open(
         os.path.join(tuned_run["dir"], "workdir", "finetune", name), "rb").read()
     assert same("delta.safetensors")  # the same bits as the uninterrupted run
