@@ -40,17 +40,10 @@ def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] 
     finetune; writes the encoding to `out` (if given, in file format `format_version`) and the fine-tuned
     generator's delta beside it (`io.delta.delta_path_for(out)`); returns (Encoding, summary dict with per-stage
     times)."""
-    from stylejax.io.delta import delta_path_for
-
     times = {}
     if out is not None:
-        out_real = atomic.resolve_output(out, "--out")
-        atomic.check_not_input(out_real, [video] + list(nets.paths.values()), "--out")
-        if os.path.exists(out_real) and not overwrite:
-            raise PipelineError(f"--out {out_real} already exists; choose another path or pass --overwrite")
-        delta_out = delta_path_for(out_real) if finetune.enabled(config) else None
-        if delta_out is not None:
-            atomic.check_output_file(delta_out, overwrite, [video] + list(nets.paths.values()), "delta file")
+        out_real, _, delta_out = atomic.check_outputs(encode_outputs(out, delta=finetune.enabled(config)),
+                                                      [video] + list(nets.paths.values()), overwrite)
     if video is not None:
         t0 = time.perf_counter()
         run_align(workdir, video, nets.generator.config.resolution, config, log=align_log or log)
@@ -97,6 +90,20 @@ def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] 
     if os.path.isfile(calibration):
         summary["pose_calibration"] = atomic.read_json(calibration)
     return enc, summary
+
+
+def encode_outputs(out, workdir=None, delta=False):
+    """encode's outputs for `atomic.check_outputs`: the encoding (--overwrite replaces only an encoding), the work
+    directory (a marked one is resumed; anything else must be new or empty) and, with `delta` (fine-tuning on),
+    the delta file beside the encoding (--overwrite replaces only a delta)."""
+    from stylejax.io.delta import delta_path_for, is_delta_file
+    from stylejax.io.encoding import is_encoding_file
+
+    return [atomic.Output(out, "--out", is_encoding_file, "a stylejax encoding"),
+            atomic.Output(workdir, "--workdir", lambda p: os.path.isfile(os.path.join(p, MARKER)),
+                          "a stylejax work directory", folder=True, resume=True),
+            atomic.Output(delta_path_for(out) if delta and out is not None else None, "delta file beside --out",
+                          is_delta_file, "a stylejax delta")]
 
 
 def run_align(workdir, video, resolution, config, log=print):

@@ -120,7 +120,9 @@ def render_puppet(driven, driver, g, flow, out, identity_enc=None, paste_back=No
     from stylejax.io.video import VideoError, VideoWriter, iter_frames, probe, side_by_side as panels
     from stylejax.stages.render import apply_roll
 
-    real_out = atomic.check_output_file(out, overwrite, [paste_back, *inputs], "--out video")
+    from stylejax.stages.render import render_outputs
+
+    real_out, real_sbs = atomic.check_outputs(render_outputs(out, side_by_side), [paste_back, *inputs], overwrite)
     originals = None
     if paste_back is not None:
         if identity_enc is None or identity_enc.quad is None:
@@ -136,9 +138,6 @@ def render_puppet(driven, driver, g, flow, out, identity_enc=None, paste_back=No
         originals = iter_frames(paste_back, info)
     sbs, sources = None, None
     if side_by_side:
-        real_sbs = atomic.check_output_file(side_by_side, overwrite, [paste_back, *inputs], "--side-by-side video")
-        if real_sbs == real_out:
-            raise PuppetError("--side-by-side and --out are the same file; give two paths")
         sources = [iter_renders(driver, *driver_render, chunk)]
         sbs = VideoWriter(real_sbs, driven.fps)
     n, face = 0, None
@@ -226,14 +225,18 @@ def run(args):
     from stylejax.io.encoding import load_encoding
     from stylejax.render import resolve_delta
     from stylejax.stages.base import Nets, fingerprint
+    from stylejax.stages.render import render_outputs
+    from stylejax.workdir import MARKER
 
     cli.require(args, "driver", "identity", "out")
     kind = identity_kind(args.identity)
-    inputs = [args.driver, args.identity, args.paste_back,
-              args.delta if args.delta and args.delta.lower() != "none" else None]
-    atomic.check_output_file(args.out, args.overwrite, inputs, "--out video")  # before any work
-    if args.side_by_side:
-        atomic.check_output_file(args.side_by_side, args.overwrite, inputs, "--side-by-side video")
+    inputs = [args.driver, args.identity, args.paste_back, args.generator, args.styleflow, args.e4e, args.lpips,
+              args.delta if args.delta and args.delta.strip().lower() != "none" else None]
+    # every output against every input and each other, before anything is loaded, created or computed
+    workdir = atomic.Output(args.workdir if kind != "encoding" else None, "--workdir",
+                            lambda p: os.path.isfile(os.path.join(p, MARKER)), "a stylejax work directory", folder=True,
+                            resume=True)
+    atomic.check_outputs(render_outputs(args.out, args.side_by_side) + [workdir], inputs, args.overwrite)
     if kind != "encoding" and not args.workdir:
         raise PuppetError(f"--identity {args.identity} is {'an image' if kind == 'image' else 'a video'}: it is "
                           "encoded first; pass --workdir DIR for that (resumable)")
@@ -286,7 +289,7 @@ def run(args):
             aligned = frames if frames.ndim == 4 and len(frames) == driver.num_frames else None
     n = render_puppet(driven, driver, tuned, flow, args.out, identity_enc=identity_enc, paste_back=args.paste_back,
                       side_by_side=args.side_by_side, driver_render=driver_render, driver_aligned=aligned,
-                      overwrite=args.overwrite, inputs=inputs)
+                      overwrite=args.overwrite, inputs=inputs + [gpath, flow_path, delta and delta["path"]])
     what = f"{kind} {args.identity}"
     tuned_note = f", generator delta {delta['form']}" if delta else ""
     summary.update(message=f"drove {what} with {args.driver}: {n} frames ({driven.resolution}px) to {args.out}"

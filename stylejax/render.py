@@ -35,7 +35,8 @@ def define_flags(fv):
                         flag_values=fv)
     flags.DEFINE_string("delta", None, "fine-tuned generator delta (default: the one recorded in the encoding; "
                         "'none': the base generator)", flag_values=fv)
-    flags.DEFINE_bool("overwrite", False, "replace an existing --out", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "replace existing --out / --side-by-side videos (never another kind of file)",
+                      flag_values=fv)
 
 
 def main(argv=None):
@@ -43,7 +44,9 @@ def main(argv=None):
 
 
 def load_for_render(path, generator=None, styleflow=None):
-    """(Encoding, Generator, StyleFlow) with the generator's fingerprint checked against the encoding."""
+    """(Encoding, Generator, StyleFlow) with the generator's fingerprint checked against the encoding, and the
+    encoding checked against both networks (`stylejax.decoder.check_fits`)."""
+    from stylejax.decoder import check_fits
     from stylejax.errors import UserError
     from stylejax.io.encoding import load_encoding
     from stylejax.io.checkpoint import load
@@ -60,6 +63,7 @@ def load_for_render(path, generator=None, styleflow=None):
     if want and fingerprint(flow) != want:
         raise UserError(f"encoding {path} was made with StyleFlow {want}, {fpath} is {fingerprint(flow)}: render "
                         "with the StyleFlow used to encode")
+    check_fits(enc, g, flow, f"encoding {path}")
     return enc, g, flow
 
 
@@ -91,17 +95,25 @@ def resolve_delta(enc, g, delta=None, source="the encoding"):
 
 
 def run(args):
-    from stylejax.stages.render import render_video
+    from stylejax.io import atomic
+    from stylejax.stages.render import render_outputs, render_video
 
     if len(args.positional) != 1:
         raise UserError("give exactly one encoding file: python -m stylejax.render ENC --out OUT.mp4")
     cli.require(args, "out")
-    enc, g, flow = load_for_render(args.positional[0], args.generator, args.styleflow)
-    g, delta = resolve_delta(enc, g, args.delta, f"encoding {args.positional[0]}")
+    path = args.positional[0]
+    delta_arg = args.delta if args.delta and args.delta.strip().lower() != "none" else None
+    # every output against every input named on the command line, before anything is loaded or written
+    inputs = [path, args.paste_back, args.aligned, args.generator, args.styleflow, delta_arg]
+    atomic.check_outputs(render_outputs(args.out, args.side_by_side), inputs, args.overwrite)
+    enc, g, flow = load_for_render(path, args.generator, args.styleflow)
+    g, delta = resolve_delta(enc, g, args.delta, f"encoding {path}")
     aligned = args.aligned or enc.settings.get("aligned")
+    recorded = enc.settings.get("networks", {})
     n = render_video(enc, g, flow, args.out, paste_back=args.paste_back, side_by_side=args.side_by_side,
                      aligned=aligned if args.side_by_side else None, overwrite=args.overwrite,
-                     inputs=[args.positional[0], delta and delta["path"]])
+                     inputs=inputs + [aligned, recorded.get("generator"), recorded.get("styleflow"),
+                                      delta and delta["path"]])
     tuned = f", generator delta {delta['form']} ({delta['bytes'] / 1e6:.2f} MB)" if delta else ""
     return {"message": f"rendered {n} frames ({enc.resolution}px) to {args.out}{tuned}", "frames": n,
             "out": os.path.realpath(args.out), "side_by_side": args.side_by_side, "delta": delta}
