@@ -41,8 +41,8 @@ def get_config():
     c.head_pose.condition = "map"     # identity frame's StyleFlow condition: "map" (max. likelihood) or "zeros"
     c.head_pose.condition_steps = 100
     c.head_pose.landmark_init = True  # start from the landmark pose relative to the identity frame
-    c.head_pose.yaw_sign = 1.0        # landmark yaw/pitch -> StyleFlow yaw/pitch (unverified on real weights)
-    c.head_pose.pitch_sign = 1.0
+    c.head_pose.yaw_sign = "auto"     # landmark yaw/pitch -> StyleFlow yaw/pitch: "auto" (measured on the identity's
+    c.head_pose.pitch_sign = "auto"   # renders, +1 when no face is found) or a number, e.g. "-1"
 
     c.attributes = ml_collections.ConfigDict()
     c.attributes.steps = 100
@@ -58,6 +58,18 @@ def get_config():
     c.attributes.id_weight = 0.0       # ArcFace identity loss (needs --arcface)
     c.attributes.auto_samples = 256    # random samples for the channel spread in --channels auto
     c.attributes.std_samples = 10000   # random samples for each channel's std: the unit of the offsets
+
+    c.finetune = ml_collections.ConfigDict()   # PTI-style generator fine-tuning (docs/finetune.md)
+    c.finetune.steps = 0               # Adam updates over all frames; 0 = off (the encoding alone)
+    c.finetune.lr = 3e-4               # PTI's learning rate, constant
+    c.finetune.lpips_weight = 1.0      # PTI: LPIPS-Alex 1 + L2 1
+    c.finetune.l2_weight = 1.0
+    c.finetune.locality_weight = 0.0   # PTI's locality regulariser (PTI: 0.1 when on); 0 = off
+    c.finetune.locality_alpha = 30.0   # distance of its latents from the identity latent (PTI: 30)
+    c.finetune.locality_samples = 1    # latents a step (PTI: 1)
+    c.finetune.save_every = 50         # steps between saves of the tuned weights and Adam state (resume)
+    c.finetune.delta_rank = 0          # the delta written beside the encoding: 0 = full, R = rank-R factors
+    c.finetune.delta_dtype = "float16"  # of every weight with two or more axes; stored as float16 or float32
 
     c.render = ml_collections.ConfigDict()
     c.render.noise_mode = "const"

@@ -14,6 +14,9 @@
    landmarks of a generic 3-D face posed like the head, as dlib would on a real face.
 3. Runs the real encoder (invert, select_id, head_pose, attributes) on it, saves the encoding (float16,
    70 bytes a frame), renders it back from the saved file and writes the rendered and side-by-side videos.
+4. Puppeteering: a second random identity (second.enc, an identity with one still frame) driven by the
+   first clip's encoding (`stylejax.puppet`), written as puppet.mp4 and puppet_sbs.mp4 (the driver's input |
+   its re-synthesis | the driven identity).
 It prints the re-synthesis PSNR and the parameter-recovery errors. The weights are random: the images are
 abstract textures, not faces. Bring real weights with `python -m convert` and use `python -m stylejax.encode`.
 """
@@ -188,6 +191,22 @@ def synthetic_workdir(path, frames, pose_deg):
     return workdir
 
 
+def second_identity(g, flow, like, seed=1):
+    """An identity encoding (one still frame) of another random latent for `like`'s generator, StyleFlow and
+    channels: what the demo drives with the first clip."""
+    import jax.numpy as jnp
+
+    from stylejax.io.encoding import Encoding
+
+    z = np.random.RandomState(seed).randn(1, g.config.z_dim).astype(np.float32)
+    id_latent = np.asarray(g.mapping(jnp.asarray(z), truncation_psi=0.5))[0]
+    return Encoding(id_latent=id_latent, pose_deg=np.zeros((1, 3)), offsets=np.zeros((1, len(like.channels))),
+                    channels=like.channels, offset_scale=like.offset_scale, fps=like.fps, resolution=like.resolution,
+                    generator_fingerprint=like.generator_fingerprint, pose_model=like.pose_model,
+                    cond_src=np.zeros(17, np.float32), styleflow_fingerprint=like.styleflow_fingerprint,
+                    settings={"networks": like.settings.get("networks", {}), "synthetic_identity_seed": seed})
+
+
 def define_flags(fv):
     flags.DEFINE_string("outdir", "out/demo", "output directory", flag_values=fv)
     flags.DEFINE_integer("frames", 16, "frames of the synthetic clip", flag_values=fv)
@@ -265,6 +284,16 @@ def run(args):
     sbs = os.path.join(outdir, "side_by_side.mp4")
     render_video(saved, g2, flow2, video, side_by_side=sbs, aligned=workdir.file("align", "frames.npy"),
                  overwrite=True)
+
+    from stylejax import puppet
+    from stylejax.io.encoding import save_encoding
+
+    second = os.path.join(outdir, "second.enc")
+    save_encoding(second, second_identity(g2, flow2, saved))
+    driven = puppet.drive(saved, load_encoding(second).identity())
+    puppet_video, puppet_sbs = os.path.join(outdir, "puppet.mp4"), os.path.join(outdir, "puppet_sbs.mp4")
+    puppet.render_puppet(driven, saved, g2, flow2, puppet_video, side_by_side=puppet_sbs, driver_render=(g2, flow2),
+                         driver_aligned=np.load(workdir.file("align", "frames.npy"), mmap_mode="r"), overwrite=True)
     seconds = time.perf_counter() - t_start
     say(f"[encode] identity frame {idf}; encoding {enc_path}: {saved.num_frames} frames x {saved.bytes_per_frame} "
         f"bytes; stage seconds {summary['stage_seconds']}")
@@ -272,6 +301,9 @@ def run(args):
         f"{err['roll_deg']:.3f} deg; offsets: max {err['offsets_rel_max']:.3f}, median "
         f"{err['offsets_rel_median']:.4f} of each channel's amplitude")
     say(f"[render] {video}, {sbs} (input | re-synthesis | error x4)")
+    say(f"[puppet] a second identity driven by the clip: {puppet_video}, {puppet_sbs} (input | re-synthesis | "
+        f"driven); the same from the command line: python -m stylejax.puppet --driver {enc_path} --identity {second} "
+        f"--out driven.mp4")
     say("Random weights: the images are abstract textures, not faces.")
     return {"message": f"re-synthesis from the saved encoding: PSNR {metrics['psnr_db']:.2f} dB (min "
                        f"{metrics['psnr_db_min']:.2f}), SSIM {metrics['ssim']:.4f}, LPIPS {metrics['lpips']:.5f}; "
@@ -280,7 +312,8 @@ def run(args):
             "lpips": metrics["lpips"], "recovery_error": err, "id_frame": idf, "frames": saved.num_frames,
             "bytes_per_frame": saved.bytes_per_frame, "stage_seconds": summary["stage_seconds"],
             "lpips_weights": lpips_note, "random_weights": True, "condition": config.head_pose.condition, "encoding": enc_path, "video": video,
-            "side_by_side": sbs, "seconds": round(seconds, 1)}
+            "side_by_side": sbs, "puppet": puppet_video, "puppet_side_by_side": puppet_sbs,
+            "seconds": round(seconds, 1)}
 
 
 def load_config(path):

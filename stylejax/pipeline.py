@@ -12,6 +12,7 @@ context, signatures, the chunk loop) and `stylejax.decoder` -> `stylejax.workdir
 `nets`, `io`. The names below are re-exported here so that `pipeline.Nets`, `pipeline.Workdir`, ... stay the
 one import a user needs.
 """
+import dataclasses
 import json
 import os
 import time
@@ -21,25 +22,28 @@ import numpy as np
 
 from stylejax.errors import PipelineError
 from stylejax.io import atomic
-from stylejax.stages import attributes, head_pose, invert, render, select_id
+from stylejax.stages import attributes, finetune, head_pose, invert, render, select_id
 from stylejax.stages.base import STAGES, Context, Nets, default_lpips, fingerprint, make_context, signature
 from stylejax.workdir import MARKER, Workdir, digest, write_aligned
 
 __all__ = ["STAGES", "MARKER", "PipelineError", "Nets", "Workdir", "Context", "make_context", "signature",
            "fingerprint", "default_lpips", "write_aligned", "encode", "run_align", "assemble"]
 
-# the optimising stages in order (align runs first, from the video)
+# the optimising stages in order (align runs first, from the video; finetune only with finetune.steps > 0)
 ENCODER_STAGES = (("invert", invert), ("select_id", select_id), ("head_pose", head_pose),
-                  ("attributes", attributes))
+                  ("attributes", attributes), ("finetune", finetune))
 
 
 def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] = None, overwrite=False,
            log=print, align_log=None, format_version="2"):
-    """Runs align (if `video`), invert, select_id, head_pose and attributes; writes the encoding to `out`
-    (if given, in file format `format_version`) and returns (Encoding, summary dict with per-stage times)."""
+    """Runs align (if `video`), invert, select_id, head_pose, attributes and (with `config.finetune.steps` > 0)
+    finetune; writes the encoding to `out` (if given, in file format `format_version`) and the fine-tuned
+    generator's delta beside it (`io.delta.delta_path_for(out)`); returns (Encoding, summary dict with per-stage
+    times)."""
     times = {}
     if out is not None:
-        out_real = atomic.check_outputs(encode_outputs(out), [video] + list(nets.paths.values()), overwrite)[0]
+        out_real, _, delta_out = atomic.check_outputs(encode_outputs(out, delta=finetune.enabled(config)),
+                                                      [video] + list(nets.paths.values()), overwrite)
     if video is not None:
         t0 = time.perf_counter()
         run_align(workdir, video, nets.generator.config.resolution, config, log=align_log or log)
@@ -51,32 +55,56 @@ def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] 
     ctx = make_context(workdir, nets, config, log)
     select_id.check_forced(int(config.select_id.frame), ctx.num_frames)  # before inverting the whole video
     for name, module in ENCODER_STAGES:
+        if name == "finetune" and not finetune.enabled(config):
+            continue  # the optional stage: off, and not in the summary's stage times
         t0 = time.perf_counter()
         module.run(ctx)
         times[name] = time.perf_counter() - t0
     enc = assemble(ctx)
+    delta, delta_info = None, None
+    if enc.delta_fingerprint is not None:
+        from stylejax.io.delta import load_delta
+
+        delta = load_delta(workdir.file("finetune", "delta.safetensors"), nets.generator)
+        delta_info = {"path": None, "bytes": delta.nbytes, "form": delta.form, "fingerprint": delta.fingerprint}
     if out is not None:
         from stylejax.io.encoding import load_encoding, save_encoding
 
+        if delta is not None:  # the delta first: the encoding names it
+            with open(workdir.file("finetune", "delta.safetensors"), "rb") as f:
+                atomic.write_bytes(delta_out, f.read())
+            enc = dataclasses.replace(enc, settings={**enc.settings, "delta": delta_out})
+            delta_info["path"] = delta_out
         save_encoding(out_real, enc, version=format_version)
         enc = load_encoding(out_real)  # metrics from the saved (float16) file: what a user gets
     t0 = time.perf_counter()
-    summary = render.evaluate(enc, nets, workdir, config, chunk=ctx.chunk)
+    tuned = delta.apply(nets.generator) if delta is not None else None
+    summary = render.evaluate(enc, nets, workdir, config, chunk=ctx.chunk, generator=tuned)
+    if delta is not None:  # what fine-tuning gained: the same encoding through the base generator
+        base = render.evaluate(enc, nets, workdir, config, chunk=ctx.chunk)
+        summary.update(psnr_db_base=base["psnr_db"], lpips_base=base["lpips"])
     times["evaluate"] = time.perf_counter() - t0
     summary.update(stage_seconds={k: round(v, 3) for k, v in times.items()}, frames=enc.num_frames,
                    bytes_per_frame=enc.bytes_per_frame, id_frame=int(json.load(open(workdir.file("select_id", "id.json")))["frame"]),
-                   chunk_size=ctx.chunk, devices=int(ctx.mesh.devices.size))
+                   chunk_size=ctx.chunk, devices=int(ctx.mesh.devices.size), delta=delta_info)
+    calibration = workdir.file("head_pose", "pose_calibration.json")
+    if os.path.isfile(calibration):
+        summary["pose_calibration"] = atomic.read_json(calibration)
     return enc, summary
 
 
-def encode_outputs(out, workdir=None):
-    """encode's outputs for `atomic.check_outputs`: the encoding (--overwrite replaces only an encoding) and
-    the work directory (a marked one is resumed; anything else must be new or empty)."""
+def encode_outputs(out, workdir=None, delta=False):
+    """encode's outputs for `atomic.check_outputs`: the encoding (--overwrite replaces only an encoding), the work
+    directory (a marked one is resumed; anything else must be new or empty) and, with `delta` (fine-tuning on),
+    the delta file beside the encoding (--overwrite replaces only a delta)."""
+    from stylejax.io.delta import delta_path_for, is_delta_file
     from stylejax.io.encoding import is_encoding_file
 
     return [atomic.Output(out, "--out", is_encoding_file, "a stylejax encoding"),
             atomic.Output(workdir, "--workdir", lambda p: os.path.isfile(os.path.join(p, MARKER)),
-                          "a stylejax work directory", folder=True, resume=True)]
+                          "a stylejax work directory", folder=True, resume=True),
+            atomic.Output(delta_path_for(out) if delta and out is not None else None, "delta file beside --out",
+                          is_delta_file, "a stylejax delta")]
 
 
 def run_align(workdir, video, resolution, config, log=print):
@@ -117,4 +145,10 @@ def assemble(ctx):
                     pose_model=f"styleflow-rk4-{int(ctx.config.head_pose.rk4_steps)}",
                     cond_src=np.asarray(wd.load("head_pose", "cond_src.npy")),
                     styleflow_fingerprint=ctx.nets.fingerprint("styleflow"), settings=settings, quad=quad,
-                    frame_size=frame_size)
+                    frame_size=frame_size, delta_fingerprint=delta_fingerprint(ctx))
+
+
+def delta_fingerprint(ctx):
+    """The fingerprint of the work directory's fine-tuned delta when fine-tuning is on and finished, else None."""
+    done = ctx.workdir.done("finetune") if finetune.enabled(ctx.config) else None
+    return None if done is None else done.get("delta_fingerprint")

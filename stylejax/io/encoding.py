@@ -3,7 +3,8 @@
 An encoding has two parts (format version 2 keeps them apart in the file, so one video's motion can drive
 another video's identity):
 - the **identity**: the W+ identity latent, the identity frame's StyleFlow condition `cond_src`, and what
-  they mean something to (generator and StyleFlow fingerprints, resolution, `pose_model`);
+  they mean something to (generator and StyleFlow fingerprints, resolution, `pose_model`, and the fingerprint
+  of the fine-tuned generator delta when the video was fine-tuned: `stylejax.io.delta`);
 - the **motion**: per-frame yaw, pitch, roll (degrees, relative to the identity frame) and K StyleSpace
   channel offsets in units of each channel's standard deviation (`offset_scale`: style units per offset
   unit), the channel names, fps and, for paste-back, the crop quads and the original frame size.
@@ -37,7 +38,7 @@ READABLE_VERSIONS = ("1", "2")
 WRITABLE_VERSIONS = ("1", "2")
 COND_DIM = 17  # StyleFlow's condition: 9 lighting + 8 attributes
 IDENTITY_FIELDS = ("id_latent", "cond_src", "generator_fingerprint", "styleflow_fingerprint", "resolution",
-                   "pose_model")
+                   "pose_model", "delta_fingerprint")
 MOTION_FIELDS = ("pose_deg", "offsets", "offset_scale", "channels", "fps", "quad", "frame_size")
 # What turns yaw/pitch into latents when rendering: StyleFlow's pose edit solved with N fixed RK4 steps. N is
 # bounded: each step is two flow evaluations per frame, and a file is a few KB whatever N says (N = 1e8 ran for
@@ -138,6 +139,8 @@ def _invalid_settings(pose_model: str, settings: dict, num_frames: int) -> str |
         return f"settings 'id_frame' = {settings['id_frame']!r:.40} is not a frame index in [0, {num_frames})"
     if "aligned" in settings and not isinstance(settings["aligned"], str):
         return "settings 'aligned' is not a path"
+    if "delta" in settings and not isinstance(settings["delta"], str):
+        return "settings 'delta' is not a path"
     nets = settings.get("networks", {})
     if not (isinstance(nets, dict) and all(isinstance(v, str) for v in nets.values())):
         return "settings 'networks' is not a dict of checkpoint paths"
@@ -162,6 +165,7 @@ class Encoding:
     cond_src: np.ndarray | None = None  # float32 [17]: the identity frame's StyleFlow condition
     offset_scale: np.ndarray | None = None  # float32 [K]: style units per offset unit (None: 1, raw units)
     styleflow_fingerprint: str | None = None  # fingerprint_params of the StyleFlow the pose was fitted with
+    delta_fingerprint: str | None = None  # the fine-tuned generator delta (stylejax.io.delta) made for this identity
 
     def __post_init__(self):
         try:
@@ -181,8 +185,9 @@ class Encoding:
         problem = _invalid(conv | {"generator_fingerprint": self.generator_fingerprint, "pose_model": self.pose_model})
         if problem:
             raise EncodingError(f"invalid encoding: {problem}")
-        if self.styleflow_fingerprint is not None and not isinstance(self.styleflow_fingerprint, str):
-            raise EncodingError("invalid encoding: styleflow_fingerprint is not a string")
+        for name in ("styleflow_fingerprint", "delta_fingerprint"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise EncodingError(f"invalid encoding: {name} is not a string")
 
     @property
     def num_frames(self) -> int:
@@ -284,6 +289,8 @@ def _contents_v1(enc: Encoding, path: str) -> tuple[dict, dict]:
         settings["cond_src"] = [float(v) for v in enc.cond_src]
     if enc.styleflow_fingerprint is not None:
         settings["styleflow_fingerprint"] = enc.styleflow_fingerprint
+    if enc.delta_fingerprint is not None:
+        settings["delta_fingerprint"] = enc.delta_fingerprint
     if _POSE_MODEL.match(enc.pose_model):
         settings["rk4_steps"] = int(_POSE_MODEL.match(enc.pose_model).group(1))  # where v1 readers look
     meta = {"format": FORMAT, "format_version": "1", "generator_fingerprint": enc.generator_fingerprint,
@@ -303,6 +310,8 @@ def _contents_v2(enc: Encoding, path: str) -> tuple[dict, dict]:
         tensors["motion.quad"] = enc.quad
     identity = {"generator_fingerprint": enc.generator_fingerprint, "styleflow_fingerprint": enc.styleflow_fingerprint,
                 "resolution": enc.resolution, "pose_model": enc.pose_model}
+    if enc.delta_fingerprint is not None:  # only when fine-tuned: untuned encodings keep their exact bytes
+        identity["delta_fingerprint"] = enc.delta_fingerprint
     motion = {"num_frames": enc.num_frames, "fps": enc.fps, "channels": list(enc.channels),
               "columns": list(POSE_COLUMNS) + ["offsets"], "offset_units": "offset_scale",
               "frame_size": None if enc.frame_size is None else list(enc.frame_size)}
@@ -438,10 +447,11 @@ def _fields_v1(tensors: dict, meta: dict, fail) -> dict:
         cond = None if cond is None else np.asarray(cond, np.float32)
     except (TypeError, ValueError):
         raise fail("settings 'cond_src' is not a list of numbers") from None
-    fp = settings.get("styleflow_fingerprint")
+    fp, delta = settings.get("styleflow_fingerprint"), settings.get("delta_fingerprint")
     return dict(tensors={"id_latent": "id_latent", "frames": "frames", "quad": "quad"}, cond_src=cond,
                 offset_scale=None, generator_fingerprint=meta["generator_fingerprint"],
-                styleflow_fingerprint=fp if isinstance(fp, str) else None, resolution=meta["resolution"],
+                styleflow_fingerprint=fp if isinstance(fp, str) else None,
+                delta_fingerprint=delta if isinstance(delta, str) else None, resolution=meta["resolution"],
                 fps=meta["fps"], num_frames=meta["num_frames"], channels=_json_field(meta, "channels", list, fail),
                 pose_model=meta["pose_model"], settings=settings,
                 frame_size=_json_field(meta, "frame_size", list, fail) if "frame_size" in meta else None)
@@ -469,13 +479,14 @@ def _fields_v2(tensors: dict, meta: dict, fail) -> dict:
     for part, key, found in (("identity", "generator_fingerprint", identity), ("identity", "pose_model", identity)):
         if not isinstance(found[key], str):
             raise fail(f"metadata field '{part}.{key}' is not a string")
-    fp = identity["styleflow_fingerprint"]
-    if fp is not None and not isinstance(fp, str):
-        raise fail("metadata field 'identity.styleflow_fingerprint' is not a string")
+    fp, delta = identity["styleflow_fingerprint"], identity.get("delta_fingerprint")
+    for key, value in (("styleflow_fingerprint", fp), ("delta_fingerprint", delta)):
+        if value is not None and not isinstance(value, str):
+            raise fail(f"metadata field 'identity.{key}' is not a string")
     return dict(tensors={"id_latent": "identity.id_latent", "frames": "motion.frames", "quad": "motion.quad",
                          "cond_src": "identity.cond_src", "offset_scale": "motion.offset_scale"},
                 cond_src=None, offset_scale=None, generator_fingerprint=identity["generator_fingerprint"],
-                styleflow_fingerprint=fp, resolution=identity["resolution"], fps=motion["fps"],
+                styleflow_fingerprint=fp, delta_fingerprint=delta, resolution=identity["resolution"], fps=motion["fps"],
                 num_frames=motion["num_frames"], channels=motion["channels"], pose_model=identity["pose_model"],
                 settings=_json_field(meta, "settings", dict, fail), frame_size=motion["frame_size"])
 
@@ -524,6 +535,6 @@ def load_encoding(path: str, expected_fingerprint: str | None = None) -> Encodin
                         channels=tuple(channels), fps=fps, resolution=resolution, generator_fingerprint=fingerprint,
                         pose_model=f["pose_model"], settings=f["settings"], quad=arrays["quad"],
                         frame_size=f["frame_size"], cond_src=cond, styleflow_fingerprint=f["styleflow_fingerprint"],
-                        offset_scale=arrays.get("offset_scale"))
+                        offset_scale=arrays.get("offset_scale"), delta_fingerprint=f["delta_fingerprint"])
     except EncodingError as err:
         raise fail(str(err).removeprefix("invalid encoding: ")) from None

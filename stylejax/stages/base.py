@@ -12,7 +12,7 @@ from stylejax import cli, parallel
 from stylejax.errors import PipelineError
 from stylejax.workdir import digest
 
-STAGES = ("align", "invert", "select_id", "head_pose", "attributes")
+STAGES = ("align", "invert", "select_id", "head_pose", "attributes", "finetune")  # finetune: only with steps > 0
 
 
 # ------------------------------------------------------------------------------------------------ networks
@@ -141,6 +141,14 @@ def signature(ctx, stage, *parts):
 
 # ------------------------------------------------------------------------------------------------ the chunk loop
 
+def chunk_batch(ctx, make_batch, lo, hi):
+    """Frames lo:hi of `make_batch` padded to the chunk size (the last frame repeated) with a `mask` [chunk]
+    (1 = real frame) and sharded over the frames mesh: what one compiled step sees for every chunk. Shared by
+    `run_chunks` and the fine-tuning loop, whose loop differs (steps outer, chunks inner)."""
+    host, mask = parallel.pad_frames(make_batch(lo, hi), ctx.chunk)
+    return parallel.shard_frames({**host, "mask": mask}, ctx.mesh)
+
+
 def run_chunks(ctx, stage, optimiser, nets, make_batch, init, finish, outputs):
     """The chunk loop of an optimising stage, written once; returns the stage's memory-mapped outputs.
 
@@ -167,9 +175,7 @@ def run_chunks(ctx, stage, optimiser, nets, make_batch, init, finish, outputs):
             if wd.chunk_done(stage, lo):
                 bar.update(per_chunk)
                 continue
-            host, mask = parallel.pad_frames(make_batch(lo, hi), ctx.chunk)
-            batch = parallel.shard_frames({**host, "mask": mask}, ctx.mesh)
-            params, batch = init(batch)
+            params, batch = init(chunk_batch(ctx, make_batch, lo, hi))
             params = parallel.shard_frames(params, ctx.mesh)
             params, loss = optimiser.run(params, nets, batch, stage=stage, bar=bar)
             if not optimiser.steps:

@@ -13,10 +13,16 @@ the other 15 entries are either 0 ("zeros") or, by default ("map"), the maximum-
 identity latent under the flow: argmin_c |F(w_id, c)|² over its edited rows — the condition under which the
 flow's prior finds the identity most probable, i.e. attribute inference with the flow itself.
 
+Landmark degrees become StyleFlow degrees through one factor per axis (`yaw_sign`, `pitch_sign`): a number, or
+"auto" (default), measured on the identity's own renders (`stylejax.stages.pose_calibration`; +1 with a warning
+when no face is found there), recorded in `head_pose/pose_calibration.json`.
+
 Roll is the alignment's `roll_deg` relative to the identity frame, re-applied in the image plane at render
 time. Outputs: `head_pose/pose.npy` [T, 3] (yaw, pitch, roll in degrees, relative), `head_pose/ws_pose.npy`
 [T, num_ws, w_dim] (the head-adjusted latents), `head_pose/cond_src.npy` [17], `head_pose/loss.npy` [T].
 """
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,6 +34,7 @@ from stylejax.errors import PipelineError
 from stylejax.io import atomic
 from stylejax.nets.styleflow import PITCH_INDEX, YAW_INDEX
 from stylejax.optimize import Optimiser
+from stylejax.stages import pose_calibration
 from stylejax.stages.base import run_chunks, signature
 
 
@@ -73,6 +80,22 @@ def source_condition(flow, id_latent, yaw_deg, pitch_deg, method, steps, rk4_ste
     return c if np.all(np.isfinite(c)) else cond
 
 
+def identity_renderer(g, flow, id_latent, cond_src, rk4_steps):
+    """render(yaw [N], pitch [N]) -> uint8 images of the identity through the pose edit (pose_calibration). No
+    edit at all is the identity latent itself (the edit is round-trip exact): drawn without compiling the flow."""
+    from stylejax.decoder import to_uint8
+
+    draw = jax.jit(lambda g, flow, y, p: g.synthesize(pose_latents(flow, jnp.asarray(id_latent), jnp.asarray(cond_src),
+                                                                   y, p, rk4_steps)))
+    still = jax.jit(lambda g, ws: g.synthesize(ws))
+
+    def render(yaw, pitch):
+        if not (np.any(yaw) or np.any(pitch)):
+            return to_uint8(still(g, jnp.broadcast_to(jnp.asarray(id_latent), (len(yaw),) + id_latent.shape)))
+        return to_uint8(draw(g, flow, jnp.asarray(yaw), jnp.asarray(pitch)))
+    return render
+
+
 def run(ctx):
     cfg, wd = ctx.config.head_pose, ctx.workdir
     if ctx.nets.styleflow is None:
@@ -87,15 +110,37 @@ def run(ctx):
     id_frame = int(ident["frame"])
     id_latent = np.asarray(wd.load("select_id", "id_latent.npy"))
     lpose = np.asarray(wd.load("select_id", "landmark_pose.npy"))
-    signs = np.array([cfg.yaw_sign, cfg.pitch_sign], np.float32)
-    src = lpose[id_frame, :2] * signs if np.isfinite(lpose[id_frame, :2]).all() else np.zeros(2, np.float32)
+    configured = (pose_calibration.parse_factor(cfg.yaw_sign, "yaw_sign"),
+                  pose_calibration.parse_factor(cfg.pitch_sign, "pitch_sign"))
+    known = np.isfinite(lpose[id_frame, :2]).all()
+    conditions = {}
+
+    def condition(factors):
+        """The identity's source condition with its landmark pose mapped by `factors` (computed once each)."""
+        key = tuple(float(v) for v in factors)
+        if key not in conditions:
+            src = lpose[id_frame, :2] * np.asarray(key) if known else (0.0, 0.0)
+            conditions[key] = source_condition(flow, jnp.asarray(id_latent), float(src[0]), float(src[1]),
+                                               cfg.condition, cfg.condition_steps, int(cfg.rk4_steps))
+        return conditions[key]
+
     wd.begin("head_pose", sig, ctx.chunk)
+    calibration_path = wd.file("head_pose", pose_calibration.RECORD)
+    if os.path.isfile(calibration_path):
+        calibration = atomic.read_json(calibration_path)
+    else:  # renders around the condition of the +1 convention; the condition is remade if the factors differ
+        render = lambda yaw, pitch: identity_renderer(g, flow, id_latent, condition((1.0, 1.0)),
+                                                      int(cfg.rk4_steps))(yaw, pitch)
+        calibration = pose_calibration.calibrate(render, configured=configured)
+        atomic.write_json(calibration_path, calibration)
+        for line in pose_calibration.warnings(calibration):
+            ctx.log(f"[head_pose] {line}")
+    signs = np.array([calibration["yaw_factor"], calibration["pitch_factor"]], np.float32)
     cond_path = wd.file("head_pose", "cond_src.npy")
     try:
         cond_src = np.load(cond_path)
     except OSError:
-        cond_src = source_condition(flow, jnp.asarray(id_latent), float(src[0]), float(src[1]), cfg.condition,
-                                    cfg.condition_steps, int(cfg.rk4_steps))
+        cond_src = condition(signs)
         np.save(cond_path, cond_src)
     init = (lpose[:, :2] - lpose[id_frame, :2]) * signs
     if not cfg.landmark_init:

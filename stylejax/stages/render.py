@@ -32,9 +32,10 @@ def error_map(a, b):
     return heat[..., ::-1]
 
 
-def evaluate(enc, nets, workdir, config, chunk=8):
+def evaluate(enc, nets, workdir, config, chunk=8, generator=None):
     """Re-synthesis from `enc` (as saved: float16 parameters) against the aligned frames: mean PSNR, SSIM,
-    LPIPS, and ArcFace identity similarity when an ArcFace network is loaded."""
+    LPIPS, and ArcFace identity similarity when an ArcFace network is loaded. `generator`: render with this
+    one instead of `nets.generator` (the fine-tuned generator)."""
     frames = workdir.frames()
     size = frames.shape[1]
     loss_size = min(int(config.loss_size), nets.generator.config.resolution)
@@ -42,7 +43,7 @@ def evaluate(enc, nets, workdir, config, chunk=8):
     lp_fn = jax.jit(lambda lp, a, b: lp(losses.resize(a, loss_size), losses.resize(b, loss_size)))
     id_fn = jax.jit(lambda af, a, b: 1.0 - af.id_loss_per_sample(a, b))
     psnr, ssim, lp, ids = [], [], [], []
-    for lo, hi, img in iter_renders(enc, nets.generator, nets.styleflow, chunk):
+    for lo, hi, img in iter_renders(enc, generator or nets.generator, nets.styleflow, chunk):
         target = frames[lo:hi].astype(np.float32) / 127.5 - 1.0
         if img.shape[1] != size:
             img = np.asarray(losses.resize(jnp.asarray(img), size))
