@@ -12,6 +12,7 @@ context, signatures, the chunk loop) and `stylejax.decoder` -> `stylejax.workdir
 `nets`, `io`. The names below are re-exported here so that `pipeline.Nets`, `pipeline.Workdir`, ... stay the
 one import a user needs.
 """
+import dataclasses
 import json
 import os
 import time
@@ -57,16 +58,41 @@ def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] 
         module.run(ctx)
         times[name] = time.perf_counter() - t0
     enc = assemble(ctx)
+    coding = "float16"
+    if out is not None and str(format_version) == "2" and config.coding.motion == "delta-zstd":
+        from stylejax.stages import quantise
+
+        t0 = time.perf_counter()
+        enc, record = quantise.compact(enc, nets.generator, nets.styleflow, workdir.frames(), config.coding)
+        enc = dataclasses.replace(enc, settings={**enc.settings, "motion_coding": record})
+        coding, times["quantise"] = "delta-zstd", time.perf_counter() - t0
+    elif config.coding.motion not in ("delta-zstd", "float16"):
+        raise PipelineError(f"--config.coding.motion must be 'delta-zstd' or 'float16', got {config.coding.motion!r}")
     if out is not None:
         from stylejax.io.encoding import load_encoding, save_encoding
 
         save_encoding(out_real, enc, version=format_version)
         enc = load_encoding(out_real)  # metrics from the saved (float16) file: what a user gets
     t0 = time.perf_counter()
-    summary = render.evaluate(enc, nets, workdir, config, chunk=ctx.chunk)
+    from stylejax.io.encoding import motion_bytes
+
+    extra = {"bytes_per_frame": motion_bytes(out_real) / enc.num_frames if out is not None else enc.bytes_per_frame,
+             "motion_coding": coding,
+             "identity_bytes": int(enc.id_latent.nbytes + (enc.cond_src.nbytes if enc.cond_src is not None else 0)),
+             "file_bytes": os.path.getsize(out_real) if out is not None else None}
+    faces = bool(config.render.face_metrics)
+    if config.render.report:
+        report_settings = {"encoding": out_real if out is not None else None, "workdir": workdir.path,
+                           "config": config.to_dict(), "networks": nets.paths}
+        _, summary = render.quality_report(enc, nets, workdir.frames(), workdir.file("report", ""), ctx.loss_size,
+                                           ctx.chunk, faces, extra, report_settings)
+        summary["report"] = workdir.file("report", "report.html")
+    else:
+        _, summary, _ = render.evaluate(enc, nets, workdir.frames(), ctx.loss_size, chunk=ctx.chunk, faces=faces)
+        summary.update(extra)
     times["evaluate"] = time.perf_counter() - t0
     summary.update(stage_seconds={k: round(v, 3) for k, v in times.items()}, frames=enc.num_frames,
-                   bytes_per_frame=enc.bytes_per_frame, id_frame=int(json.load(open(workdir.file("select_id", "id.json")))["frame"]),
+                   id_frame=int(json.load(open(workdir.file("select_id", "id.json")))["frame"]),
                    chunk_size=ctx.chunk, devices=int(ctx.mesh.devices.size))
     return enc, summary
 
