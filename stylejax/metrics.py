@@ -101,6 +101,7 @@ class FrameMetrics:
         self._id = jax.jit(lambda af, a, b: 1.0 - af.id_loss_per_sample(a, b))
         self._rows = {k: [] for k in COLUMNS}
         self._prev = None  # (gen, orig, gen landmarks, orig landmarks) of the last frame seen
+        self._count = 0
 
     def add(self, gen, orig):
         import jax.numpy as jnp
@@ -123,7 +124,7 @@ class FrameMetrics:
         change_o = np.asarray(self._lpips(self.lpips_net, op[:-1], op[1:])) if len(op) > 1 else np.zeros(0)
         tlp = temporal_difference(change_g, change_o, 100.0)
         nan = np.full(n, np.nan)
-        start = len(self._rows["frame"])
+        start = self._count
         cos = np.asarray(self._id(self.arcface, g, o)) if self.arcface is not None else nan
         ident, lm_dist, tlm = nan.copy(), nan.copy(), nan.copy()  # without `faces`
         lm_g, lm_o = np.full((n, 68, 2), np.nan), np.full((n, 68, 2), np.nan)
@@ -150,6 +151,7 @@ class FrameMetrics:
                          ("tlp", tlp), ("tlm_px", tlm)):
             self._rows[key].append(np.asarray(col, np.float64).reshape(n))
         self._prev = (np.asarray(g[-1]), np.asarray(o[-1]), lm_g[-1], lm_o[-1])
+        self._count += n
 
     def columns(self):
         return {k: np.concatenate(v) if v else np.zeros(0) for k, v in self._rows.items()}

@@ -139,8 +139,7 @@ class Encoding:
             conv["cond_src"] = (None if self.cond_src is None else np.asarray(self.cond_src, np.float32).reshape(-1))
             conv["offset_scale"] = (np.ones(len(conv["channels"]), np.float32) if self.offset_scale is None
                                     else np.asarray(self.offset_scale, np.float32).reshape(-1))
-            conv["motion_step"] = (None if self.motion_step is None
-                                   else np.asarray(self.motion_step, np.float32).reshape(-1))
+            conv["motion_step"] = None if self.motion_step is None else motion_steps(self.motion_step)
             conv["key_interval"] = int(self.key_interval)
         except (TypeError, ValueError) as err:
             raise EncodingError(f"invalid encoding: a field has the wrong type ({err})") from None
@@ -238,6 +237,13 @@ def _frames_float16(enc: Encoding, path: str, offsets: np.ndarray) -> np.ndarray
 # `motion.blocks` [num_blocks + 1] their byte offsets, so a frame range decodes from its blocks alone. Decoding
 # is exact integer arithmetic: a frame decodes to the same value whichever range it is read in.
 
+def motion_steps(step) -> np.ndarray:
+    """Quantisation steps as they are stored: float16 values (rounded, and clipped to float16's normal range
+    2^-14..2^15), returned as float32."""
+    step = np.asarray(step, np.float32).reshape(-1)
+    return np.clip(step, 2.0 ** -14, 2.0 ** 15).astype(np.float16).astype(np.float32)
+
+
 def quantise_motion(frames: np.ndarray, step: np.ndarray) -> np.ndarray:
     """int64 [T, C] = round(frames / step), refused beyond 32 bits."""
     q = np.rint(np.asarray(frames, np.float64) / np.asarray(step, np.float64))
@@ -285,7 +291,8 @@ def _unleb128(data: bytes, count: int) -> np.ndarray:
 
 
 def encode_motion(frames: np.ndarray, step: np.ndarray, key_interval: int) -> tuple[np.ndarray, np.ndarray]:
-    """(stream uint8 [N], blocks int64 [num_blocks + 1]) of float frames [T, C] (see above)."""
+    """(stream uint8 [N], blocks uint32 [num_blocks + 1]) of float frames [T, C] (see above); `step` must be
+    representable in float16, as it is stored (`motion_steps`)."""
     import zstandard
 
     q = quantise_motion(frames, step)
@@ -296,7 +303,9 @@ def encode_motion(frames: np.ndarray, step: np.ndarray, key_interval: int) -> tu
         resid = np.concatenate([block[:1], np.diff(block, axis=0)], axis=0)
         parts.append(compressor.compress(_leb128(_zigzag(resid.T.reshape(-1)))))
         offsets.append(offsets[-1] + len(parts[-1]))
-    return np.frombuffer(b"".join(parts), np.uint8).copy(), np.asarray(offsets, np.int64)
+    if offsets[-1] >= 2 ** 32:
+        raise ValueError("the coded motion exceeds 4 GiB")
+    return np.frombuffer(b"".join(parts), np.uint8).copy(), np.asarray(offsets, np.uint32)
 
 
 def decode_motion_blocks(blobs, first_block: int, rows: list[int], columns: int, step: np.ndarray) -> np.ndarray:
@@ -364,7 +373,8 @@ def _contents_v2(enc: Encoding, path: str) -> tuple[dict, dict]:
                                            enc.key_interval)
         except ValueError as err:
             raise EncodingError(f"cannot save encoding {path}: {err}; use larger quantisation steps") from None
-        tensors.update({"motion.stream": stream, "motion.blocks": blocks, "motion.step": enc.motion_step})
+        tensors.update({"motion.stream": stream, "motion.blocks": blocks,
+                        "motion.step": enc.motion_step.astype(np.float16)})
     if enc.quad is not None:
         tensors["motion.quad"] = enc.quad
     identity = {"generator_fingerprint": enc.generator_fingerprint, "styleflow_fingerprint": enc.styleflow_fingerprint,
@@ -543,11 +553,12 @@ def _fields_v2(tensors: dict, meta: dict, fail) -> dict:
 def _decode_stream(tensors: dict, num_frames: int, columns: int, key_interval: int, fail) -> tuple:
     """(frames float32 [T, C], step) of a "delta-zstd" motion, every tensor checked first."""
     stream, blocks, step = tensors["motion.stream"], tensors["motion.blocks"], tensors["motion.step"]
-    for name, arr, dtype in (("motion.stream", stream, np.uint8), ("motion.blocks", blocks, np.int64),
-                             ("motion.step", step, np.float32)):
+    for name, arr, dtype in (("motion.stream", stream, np.uint8), ("motion.blocks", blocks, np.uint32),
+                             ("motion.step", step, np.float16)):
         if arr.dtype != dtype or arr.ndim != 1:
             raise fail(f"tensor {name!r} is {arr.dtype} {list(arr.shape)}, expected a 1-d {np.dtype(dtype)} tensor")
     rows = _block_rows(num_frames, key_interval)
+    blocks, step = blocks.astype(np.int64), step.astype(np.float32)
     if len(blocks) != len(rows) + 1 or blocks[0] != 0 or blocks[-1] != len(stream) or (np.diff(blocks) <= 0).any():
         raise fail(f"tensor 'motion.blocks' does not hold {len(rows) + 1} increasing byte offsets from 0 to "
                    f"{len(stream)} (the stream's length)")
@@ -672,7 +683,7 @@ def load_motion_range(path: str, first: int, end: int) -> tuple[np.ndarray, np.n
         def read(name, dtype, lo=None, hi=None):
             entry = header.get(name)
             if not isinstance(entry, dict) or entry.get("dtype") != {np.uint8: "U8", np.int64: "I64",
-                                                                      np.float32: "F32"}[dtype]:
+                                                                      np.float16: "F16", np.uint32: "U32"}[dtype]:
                 raise fail(f"missing or mistyped tensor {name!r}")
             a, b = (int(v) for v in entry["data_offsets"])
             lo, hi = (a, b) if lo is None else (a + lo, a + hi)
@@ -685,8 +696,10 @@ def load_motion_range(path: str, first: int, end: int) -> tuple[np.ndarray, np.n
             return np.frombuffer(data, dtype)
 
         rows = _block_rows(t, key)
-        blocks, step = read("motion.blocks", np.int64), read("motion.step", np.float32)
-        if len(blocks) != len(rows) + 1 or blocks[0] != 0 or (np.diff(blocks) <= 0).any() or len(step) != 3 + k:
+        blocks = read("motion.blocks", np.uint32).astype(np.int64)
+        step = read("motion.step", np.float16).astype(np.float32)
+        if (len(blocks) != len(rows) + 1 or blocks[0] != 0 or (np.diff(blocks) <= 0).any() or len(step) != 3 + k
+                or not (np.isfinite(step).all() and (step > 0).all())):
             raise fail("tensor 'motion.blocks' or 'motion.step' does not fit the motion")
         b0, b1 = first // key, (end - 1) // key + 1
         data = read("motion.stream", np.uint8, int(blocks[b0]), int(blocks[b1]))
