@@ -316,10 +316,14 @@ def decode_motion_blocks(blobs, first_block: int, rows: list[int], columns: int,
     out = []
     for b, (blob, n) in enumerate(zip(blobs, rows)):
         count = n * columns
-        try:  # bounded output: a block can never inflate beyond its own values at 5 bytes each
-            raw = zstandard.ZstdDecompressor().decompress(bytes(blob), max_output_size=5 * count)
+        limit = 5 * count  # a block never holds more than its values at 5 bytes each
+        try:  # read at most one byte past the limit, whatever size the frame declares (a bomb never inflates)
+            with zstandard.ZstdDecompressor().stream_reader(bytes(blob)) as reader:
+                raw = reader.read(limit + 1)
         except zstandard.ZstdError as err:
             raise ValueError(f"block {first_block + b} is not a valid zstd frame ({err})") from None
+        if len(raw) > limit:
+            raise ValueError(f"block {first_block + b} inflates beyond its {count} values")
         try:
             resid = _unzigzag(_unleb128(raw, count)).reshape(columns, n).T
         except ValueError as err:
