@@ -3,6 +3,8 @@ budget that sets the quantisation steps (docs/encoding-format.md#compact-motion-
 
   python scripts/table_motion_coding.py --encoding out/demo/demo.enc --aligned out/demo/workdir/align/frames.npy \
       [--budgets 0.01,0.02,0.05,0.1,0.2] [--key-interval 64] [--json]
+  python scripts/table_motion_coding.py --workdir out/temporal/base    # an encode work directory of the demo's
+                                                                       # networks (scripts/table_temporal_prior.py)
 
 The encoding's float16 motion is the reference (what format 1 and `--config.coding.motion=float16` store);
 for each budget the steps are chosen as `encode` chooses them (stylejax.stages.quantise.compact, with
@@ -38,17 +40,27 @@ def main():
     from stylejax.stages.base import Nets, default_lpips
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--encoding", required=True)
-    ap.add_argument("--aligned", required=True)
+    ap.add_argument("--encoding")
+    ap.add_argument("--aligned")
+    ap.add_argument("--workdir", help="instead of --encoding/--aligned: a work directory made with the demo's networks")
     ap.add_argument("--budgets", default="0.005,0.01,0.02,0.05,0.1,0.2")
     ap.add_argument("--key-interval", type=int, default=None)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    enc, g, flow = load_for_render(args.encoding)
+    if args.workdir:
+        from stylejax import demo, pipeline
+
+        g, e4e, flow = demo.tiny_networks()
+        nets = pipeline.Nets(generator=g, e4e=e4e, styleflow=flow, lpips=default_lpips())
+        workdir = pipeline.Workdir(args.workdir)
+        enc = pipeline.assemble(pipeline.make_context(workdir, nets, load_config(demo.TINY_CONFIG)))
+        aligned = workdir.frames()
+    else:
+        enc, g, flow = load_for_render(args.encoding)
+        aligned = load_frames(args.aligned)
+        nets = Nets(generator=g, styleflow=flow, lpips=default_lpips())
     enc = dataclasses.replace(enc, motion_step=None)  # the float16 reference
-    aligned = load_frames(args.aligned)
-    nets = Nets(generator=g, styleflow=flow, lpips=default_lpips())
     config = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                                       "encode.py")).coding
     if args.key_interval:
@@ -68,8 +80,10 @@ def main():
             save_encoding(path, coded)
             back = load_encoding(path)
             psnr = measure(back, nets, aligned)
+            side = 2 * len(coded.motion_step) + 4 * (-(-back.num_frames // back.key_interval) + 1)
             rows.append({"budget_db": budget, "coding": "delta-zstd",
                          "bytes_per_frame": motion_bytes(path) / back.num_frames,
+                         "stream_bytes_per_frame": (motion_bytes(path) - side) / back.num_frames,
                          "psnr_db": float(np.mean(psnr)), "loss_db": float(np.mean(psnr_ref) - np.mean(psnr)),
                          "loss_db_max_frame": float(np.max(psnr_ref - psnr)),
                          "step_pose_deg": [float(v) for v in coded.motion_step[:3]],
@@ -78,14 +92,15 @@ def main():
         print(json.dumps({"frames": enc.num_frames, "key_interval": int(config.key_interval), "rows": rows}))
         return
     print(f"{enc.num_frames} frames, key frames every {int(config.key_interval)}")
-    print("| PSNR budget (dB) | coding | bytes/frame | PSNR (dB) | loss vs float16 (dB) mean / worst frame | "
-          "steps yaw, pitch, roll (deg) / offsets median (std) |")
+    print("| PSNR budget (dB) | coding | bytes/frame (all motion / stream alone) | PSNR (dB) | loss vs float16 (dB) "
+          "mean / worst frame | steps yaw, pitch, roll (deg) / offsets median (std) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         steps = ("" if r["coding"] == "float16" else
                  ", ".join(f"{v:.3g}" for v in r["step_pose_deg"]) + f" / {r['step_offsets_median_std']:.3g}")
         print(f"| {r['budget_db'] if r['budget_db'] is not None else '—'} | {r['coding']} | "
-              f"{r['bytes_per_frame']:.1f} | {r['psnr_db']:.2f} | {r['loss_db']:.3f} / {r['loss_db_max_frame']:.3f} | "
+              f"{r['bytes_per_frame']:.1f} / {r.get('stream_bytes_per_frame', r['bytes_per_frame']):.1f} | "
+              f"{r['psnr_db']:.2f} | {r['loss_db']:.3f} / {r['loss_db_max_frame']:.3f} | "
               f"{steps} |")
 
 

@@ -243,19 +243,22 @@ def run(args):
     render_video(saved, g2, flow2, video, side_by_side=sbs, aligned=workdir.file("align", "frames.npy"),
                  overwrite=True)
     seconds = time.perf_counter() - t_start
-    say(f"[encode] identity frame {idf}; encoding {enc_path}: {saved.num_frames} frames x {saved.bytes_per_frame} "
-        f"bytes; stage seconds {summary['stage_seconds']}")
+    say(f"[encode] identity frame {idf}; encoding {enc_path}: {saved.num_frames} frames x "
+        f"{summary['bytes_per_frame']:.1f} bytes ({summary['motion_coding']}); stage seconds {summary['stage_seconds']}")
     say(f"[recovery] max |error| yaw {err['yaw_deg']:.3f} deg, pitch {err['pitch_deg']:.3f} deg, roll "
         f"{err['roll_deg']:.3f} deg; offsets: max {err['offsets_rel_max']:.3f}, median "
         f"{err['offsets_rel_median']:.4f} of each channel's amplitude")
     say(f"[render] {video}, {sbs} (input | re-synthesis | error x4)")
+    if summary.get("report"):
+        say(f"[report] {summary['report']} (open it in a browser: metrics, trajectories, stills)")
     say("Random weights: the images are abstract textures, not faces.")
     return {"message": f"re-synthesis from the saved encoding: PSNR {metrics['psnr_db']:.2f} dB (min "
                        f"{metrics['psnr_db_min']:.2f}), SSIM {metrics['ssim']:.4f}, LPIPS {metrics['lpips']:.5f}; "
                        f"{seconds:.0f} s",
             "psnr_db": metrics["psnr_db"], "psnr_db_min": metrics["psnr_db_min"], "ssim": metrics["ssim"],
             "lpips": metrics["lpips"], "recovery_error": err, "id_frame": idf, "frames": saved.num_frames,
-            "bytes_per_frame": saved.bytes_per_frame, "stage_seconds": summary["stage_seconds"],
+            "bytes_per_frame": summary["bytes_per_frame"], "motion_coding": summary["motion_coding"],
+            "report": summary.get("report"), "tlp": metrics["tlp"], "stage_seconds": summary["stage_seconds"],
             "lpips_weights": lpips_note, "random_weights": True, "condition": config.head_pose.condition, "encoding": enc_path, "video": video,
             "side_by_side": sbs, "seconds": round(seconds, 1)}
 

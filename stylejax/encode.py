@@ -71,10 +71,12 @@ def run(args):
                                    overwrite=args.overwrite, log=quiet, align_log=quiet,
                                    format_version=args.format.removeprefix("v"))
     summary.update(out=os.path.realpath(args.out), workdir=workdir.path, channels=list(enc.channels))
-    summary["message"] = (f"encoded {enc.num_frames} frames into {args.out} ({enc.bytes_per_frame} bytes/frame): "
+    summary["message"] = (f"encoded {enc.num_frames} frames into {args.out} ({summary['bytes_per_frame']:.1f} "
+                          f"bytes/frame, {summary['motion_coding']}): "
                           f"PSNR {summary['psnr_db']:.2f} dB, SSIM {summary['ssim']:.4f}, LPIPS {summary['lpips']:.4f}"
                           + (f", identity {summary['identity_similarity']:.3f}" if summary["identity_similarity"]
-                             is not None else ""))
+                             is not None else "")
+                          + (f"; report {summary['report']}" if summary.get("report") else ""))
     return summary
 
 

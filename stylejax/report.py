@@ -21,7 +21,7 @@ MARKER = "metrics.json"  # a folder holding this (with "stylejax_report") is a r
 SUMMARY_ROWS = (
     ("frames", "frames", "{:d}"),
     ("psnr_db", "PSNR mean (dB)", "{:.2f}"), ("psnr_db_min", "PSNR worst frame (dB)", "{:.2f}"),
-    ("ssim", "SSIM", "{:.4f}"), ("lpips", "LPIPS", "{:.4f}"),
+    ("ssim", "SSIM", "{:.4f}"), ("lpips", "LPIPS", "{:.4g}"),
     ("arcface_cos", "identity: ArcFace cosine", "{:.4f}"),
     ("dlib_id_distance", "identity: dlib embedding distance (same person < 0.6)", "{:.4f}"),
     ("landmark_px", "landmark distance (px at 1024)", "{:.2f}"),
@@ -150,8 +150,13 @@ def _format(key, value, fmt):
 
 def report_html(summary, images, stills, settings, title="stylejax encoding report"):
     """One self-contained HTML page (str): `images` {caption: PNG bytes}, `stills` [(caption, PNG bytes)]."""
-    rows = "".join(f"<tr><th>{html.escape(label)}</th><td>{_format(key, summary.get(key), fmt)}</td></tr>"
+    pasted = summary.get("paste_back") or {}
+    rows = "".join(f"<tr><th>{html.escape(label)}</th><td>{_format(key, summary.get(key), fmt)}</td>"
+                   + (f"<td>{_format(key, pasted.get(key), fmt)}</td>" if pasted else "") + "</tr>"
                    for key, label, fmt in SUMMARY_ROWS if summary.get(key) is not None)
+    if pasted:  # a second column: the same metrics of the face pasted into the original frame
+        rows = ("<tr><th></th><th>aligned crop</th><th>pasted back (PSNR of the whole frame: "
+                f"{_format('', pasted.get('frame_psnr_db'), '{:.2f}')} dB)</th></tr>") + rows
     figs = "".join(f'<figure><img alt="{html.escape(c)}" src="{_data_uri(d)}"><figcaption>{html.escape(c)}'
                    f"</figcaption></figure>" for c, d in images.items())
     still_html = "".join(f'<figure class="still"><img alt="{html.escape(c)}" src="{_data_uri(d)}">'
@@ -165,7 +170,8 @@ table {{ border-collapse: collapse; margin: 1em 0; }}
 th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: left; }}
 th {{ background: #f4f4f4; font-weight: normal; }}
 figure {{ margin: 1em 0; }} figure img {{ max-width: 100%; border: 1px solid #ddd; }}
-figure.still img {{ image-rendering: pixelated; width: 100%; }}
+figure.still {{ display: inline-block; margin-right: 1em; }}
+figure.still img {{ image-rendering: pixelated; width: 480px; max-width: 100%; }}
 figcaption {{ font-size: 0.85em; color: #555; }}
 pre {{ background: #f8f8f8; padding: 1em; overflow-x: auto; font-size: 0.8em; }}
 </style></head>

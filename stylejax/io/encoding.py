@@ -164,7 +164,8 @@ class Encoding:
 
     @property
     def bytes_per_frame(self) -> int:
-        """Stored size of one frame's numbers: float16 pose and offsets (the quad is extra, optional)."""
+        """Stored size of one frame's numbers in the float16 coding: 2·(3 + K) (the compact coding's size depends on
+        the motion: `motion_bytes(path)`; the quad is extra, optional)."""
         return 2 * (3 + len(self.channels))
 
     @property
