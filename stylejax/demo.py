@@ -244,7 +244,8 @@ def run(args):
                  overwrite=True)
     seconds = time.perf_counter() - t_start
     say(f"[encode] identity frame {idf}; encoding {enc_path}: {saved.num_frames} frames x "
-        f"{summary['bytes_per_frame']:.1f} bytes ({summary['motion_coding']}); stage seconds {summary['stage_seconds']}")
+        f"{summary['bytes_per_frame']:.1f} bytes ({summary['motion_coding']}); "
+        f"stage seconds {summary['stage_seconds']}")
     say(f"[recovery] max |error| yaw {err['yaw_deg']:.3f} deg, pitch {err['pitch_deg']:.3f} deg, roll "
         f"{err['roll_deg']:.3f} deg; offsets: max {err['offsets_rel_max']:.3f}, median "
         f"{err['offsets_rel_median']:.4f} of each channel's amplitude")

