@@ -37,7 +37,10 @@ ENCODER_STAGES = (("invert", invert), ("select_id", select_id), ("head_pose", he
 def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] = None, overwrite=False,
            log=print, align_log=None, format_version="2"):
     """Runs align (if `video`), invert, select_id, head_pose and attributes; writes the encoding to `out`
-    (if given, in file format `format_version`) and returns (Encoding, summary dict with per-stage times)."""
+    (if given, in file format `format_version`; format 2 with `config.coding.motion` "delta-zstd" chooses the
+    quantisation steps first, stages/quantise.py) and returns (Encoding, summary dict with the metrics of
+    `stages.render.evaluate`, bytes and per-stage times); with `config.render.report`, the report is written
+    to WORKDIR/report (docs/metrics.md)."""
     times = {}
     if out is not None:
         out_real = atomic.resolve_output(out, "--out")
@@ -72,7 +75,7 @@ def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] 
         from stylejax.io.encoding import load_encoding, save_encoding
 
         save_encoding(out_real, enc, version=format_version)
-        enc = load_encoding(out_real)  # metrics from the saved (float16) file: what a user gets
+        enc = load_encoding(out_real)  # metrics from the saved file (quantised as stored): what a user gets
     t0 = time.perf_counter()
     from stylejax.io.encoding import motion_bytes
 
