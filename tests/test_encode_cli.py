@@ -295,11 +295,9 @@ def test_evaluate_with_paste_back_and_a_delta(encoded, short_video, tmp_path):
     assert summary["paste_back"]["frame_psnr_db"] > summary["psnr_db"] + 5
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert len(rows) == FRAMES and {"paste_psnr_db", "paste_frame_psnr_db", "tlp"} <= set(rows[0])
-    # a second run refuses to replace the report, then replaces its own with --overwrite
+    # a second run refuses to replace the report before measuring anything (encode's rerun replaces its own)
     again = cli("stylejax.evaluate", encoded["out"], "--video", short_video, "--out", out, "--no-faces")
     assert_one_line_error(again, "already exists; choose another path or pass --overwrite")
-    again = cli("stylejax.evaluate", encoded["out"], "--video", short_video, "--out", out, "--no-faces", "--overwrite")
-    assert again.returncode == 0, again.stderr[-3000:]
 
 
 @pytest.mark.parametrize("args, words", [
