@@ -33,9 +33,14 @@ SUMMARY_ROWS = (
 )
 
 
+FILES = ("metrics.csv", "metrics.json", "metrics.png", "trajectories.png", "side_by_side.mp4", "report.html")
+
+
 def is_report_dir(path):
-    """A folder this module wrote (replaceable with --overwrite)."""
+    """A folder this module wrote, holding nothing else (replaceable with --overwrite)."""
     try:
+        if not set(os.listdir(path)) <= set(FILES):
+            return False
         with open(os.path.join(path, MARKER)) as f:
             return bool(json.load(f).get("stylejax_report"))
     except (OSError, ValueError, AttributeError):

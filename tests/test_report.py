@@ -37,6 +37,9 @@ def test_report_files(tmp_path):
     assert len(rows) == T and rows[3]["frame"] == "3" and rows[0]["tlp"] == "" and rows[0]["arcface_cos"] == ""
     assert float(rows[3]["psnr_db"]) == pytest.approx(cols["psnr_db"][3], rel=1e-5)
     assert report.is_report_dir(str(tmp_path))
+    (tmp_path / "notes.txt").write_text("mine")  # a user's file in it: no longer ours to replace
+    assert not report.is_report_dir(str(tmp_path))
+    (tmp_path / "notes.txt").unlink()
     page = (tmp_path / "report.html").read_text()
     # self-contained: 2 plots and 3 stills as data URIs, nothing to fetch; settings are escaped, not executed
     assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', page)) == 5
