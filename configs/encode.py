@@ -60,7 +60,7 @@ def get_config():
     c.attributes.std_samples = 10000   # random samples for each channel's std: the unit of the offsets
     c.attributes.temporal_weight = 0.0       # temporal prior on the offsets: weight·Σ|Δoffsets|² (docs/encoder.md)
     c.attributes.temporal_pose_weight = 0.0  # the same for yaw and pitch (per degree²)
-    c.attributes.temporal_overlap = 4        # frames of context each side of a chunk when the prior is on
+    c.attributes.temporal_overlap = -1       # context frames each side of a chunk under the prior; -1: the steps (exact)
 
     c.coding = ml_collections.ConfigDict()  # how format 2 stores the motion (docs/encoding-format.md)
     c.coding.motion = "delta-zstd"     # "delta-zstd": quantised, delta- and zstd-coded; "float16": 70 bytes a frame

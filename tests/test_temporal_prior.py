@@ -73,3 +73,17 @@ def test_padded_frames_do_not_pull_on_real_ones():
     batch = {"mask": jnp.asarray([1.0, 1.0, 0.0])}  # frame 2 is padding
     # only the pair (0, 1) counts: 1·1² + 0.5·2²
     assert float(prior(params, batch)) == pytest.approx(1.0 + 0.5 * 4.0)
+
+
+def test_default_overlap_is_the_steps():
+    import ml_collections
+
+    from stylejax.errors import PipelineError
+
+    cfg = ml_collections.ConfigDict({"temporal_overlap": -1, "steps": 100})
+    assert attributes.temporal_overlap(cfg) == 100  # the light cone of 100 steps: exact
+    cfg.temporal_overlap = 4
+    assert attributes.temporal_overlap(cfg) == 4
+    cfg.temporal_overlap = -2
+    with pytest.raises(PipelineError, match="temporal_overlap must be >= 0 or -1"):
+        attributes.temporal_overlap(cfg)

@@ -88,6 +88,15 @@ def temporal_prior(weight, pose_weight):
     return penalty
 
 
+def temporal_overlap(cfg):
+    """Frames of context each side of a chunk under the temporal prior: `temporal_overlap`, or with -1 the number
+    of steps, which makes the chunked result equal the whole video's (the light cone of optimize.py)."""
+    overlap = int(cfg.temporal_overlap)
+    if overlap < -1:
+        raise PipelineError(f"--config.attributes.temporal_overlap must be >= 0 or -1 (= the steps), got {overlap}")
+    return int(cfg.steps) if overlap == -1 else overlap
+
+
 def is_ffhq_1024(gconfig):
     from stylejax.nets.generator import GeneratorConfig
 
@@ -209,7 +218,7 @@ def run(ctx):
 
     out = run_chunks(ctx, "attributes", opt, nets, make_batch, init, finish,
                      outputs={"offsets.npy": ((len(channels),), np.float32), "pose.npy": ((3,), np.float32)},
-                     overlap=int(cfg.temporal_overlap) if coupled else 0)
+                     overlap=temporal_overlap(cfg) if coupled else 0)
     mean_loss = float(np.mean(out["loss.npy"]))
     wd.mark_done("attributes", sig, frames=t, channels=channels, mean_loss=mean_loss)
     ctx.log(f"[attributes] {len(channels)} channels, |offset| max {float(np.abs(out['offsets.npy']).max()):.3f}; "
