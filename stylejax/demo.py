@@ -12,8 +12,9 @@
    32 StyleSpace offsets (frame 0 is the identity: all zero), through the same StyleFlow pose edit and
    StyleSpace offsets the encoder models. The "alignment" of this synthetic clip reports the roll and the
    landmarks of a generic 3-D face posed like the head, as dlib would on a real face.
-3. Runs the real encoder (invert, select_id, head_pose, attributes) on it, saves the encoding (float16,
-   70 bytes a frame), renders it back from the saved file and writes the rendered and side-by-side videos.
+3. Runs the real encoder (invert, select_id, head_pose, attributes) on it, saves the encoding (the compact
+   motion coding, about 35 bytes a frame), renders it back from the saved file and writes the rendered and
+   side-by-side videos and the report (workdir/report/report.html).
 It prints the re-synthesis PSNR and the parameter-recovery errors. The weights are random: the images are
 abstract textures, not faces. Bring real weights with `python -m convert` and use `python -m stylejax.encode`.
 """
