@@ -21,6 +21,8 @@ setup(
         "safetensors",  # the encoding file: no pickle, readable from PyTorch too
         "tqdm",  # progress bars on a terminal
         "opencv-python-headless",  # fast warps (Lanczos / bicubic) for alignment and paste-back
+        "zstandard",  # entropy coder of the compact motion coding (encoding format 2, "delta-zstd")
+        "matplotlib",  # the report's plots (encode and evaluate write report.html)
     ],
     extras_require={
         # dlib's 68-point predictor and its face detector; the models package ships the .dat files.

@@ -58,6 +58,18 @@ def get_config():
     c.attributes.id_weight = 0.0       # ArcFace identity loss (needs --arcface)
     c.attributes.auto_samples = 256    # random samples for the channel spread in --channels auto
     c.attributes.std_samples = 10000   # random samples for each channel's std: the unit of the offsets
+    c.attributes.temporal_weight = 0.0       # temporal prior on the offsets: weight·Σ|Δoffsets|² (docs/encoder.md)
+    c.attributes.temporal_pose_weight = 0.0  # the same for yaw and pitch (per degree²)
+    c.attributes.temporal_overlap = -1       # context frames each side of a chunk under the prior; -1: the steps (exact)
+
+    c.coding = ml_collections.ConfigDict()  # how format 2 stores the motion (docs/encoding-format.md)
+    c.coding.motion = "delta-zstd"     # "delta-zstd": quantised, delta- and zstd-coded; "float16": 70 bytes a frame
+    c.coding.psnr_loss_db = 0.05       # PSNR the quantisation may cost (predicted; measured in docs/encoding-format.md)
+    c.coding.max_step_deg = 0.5        # coarsest step for yaw, pitch, roll
+    c.coding.max_step_std = 0.25       # coarsest step for an offset (channel standard deviations)
+    c.coding.key_interval = 64         # frames per independently decodable block
+    c.coding.sample_frames = 4         # frames whose sensitivities and error choose the steps
+    c.coding.reference_psnr_db = 60.0  # the PSNR assumed when the fit is exact (no error to compare with)
 
     c.finetune = ml_collections.ConfigDict()   # PTI-style generator fine-tuning (docs/finetune.md)
     c.finetune.steps = 0               # Adam updates over all frames; 0 = off (the encoding alone)
@@ -73,4 +85,6 @@ def get_config():
 
     c.render = ml_collections.ConfigDict()
     c.render.noise_mode = "const"
+    c.render.report = True         # WORKDIR/report/: metrics.csv, plots, side_by_side.mp4, report.html
+    c.render.face_metrics = True   # dlib landmarks and identity per frame in the encode summary (~1 s a frame at 1024)
     return c

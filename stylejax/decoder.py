@@ -111,9 +111,10 @@ def check_fits(enc, g, flow, name="this encoding"):
         raise bad(f"StyleFlow acts on {fc.dim}-d W rows, the generator's are {gc.w_dim}-d")
 
 
-def iter_renders(enc, g, flow, chunk=8):
-    """Yields (lo, hi, images [B, res, res, 3] float32) of an encoding's level (roll-free) re-synthesis.
-    Refuses first, with one line, an encoding that does not fit the networks (`check_fits`)."""
+def iter_renders(enc, g, flow, chunk=8, frames=None):
+    """Yields (lo, hi, images [B, res, res, 3] float32) of an encoding's level (roll-free) re-synthesis, of all
+    frames or of `frames` = (first, end). Refuses first, with one line, an encoding that does not fit the
+    networks (`check_fits`)."""
     from stylejax.parallel import pad_frames
 
     check_fits(enc, g, flow)
@@ -122,8 +123,9 @@ def iter_renders(enc, g, flow, chunk=8):
     steps, noise = enc.rk4_steps, enc.settings.get("noise_mode", "const")
     pose, off = enc.pose_deg.astype(np.float32), enc.offsets.astype(np.float32)
     id_latent, scale = jnp.asarray(enc.id_latent), jnp.asarray(enc.offset_scale)
-    for lo in range(0, enc.num_frames, chunk):
-        hi = min(lo + chunk, enc.num_frames)
+    first, end = frames or (0, enc.num_frames)
+    for lo in range(first, end, chunk):
+        hi = min(lo + chunk, end)
         (yaw, pitch, o), _ = pad_frames((pose[lo:hi, 0], pose[lo:hi, 1], off[lo:hi]), chunk)  # one shape
         images = render_frames(g, flow, id_latent, cond, jnp.asarray(yaw), jnp.asarray(pitch), jnp.asarray(o),
                                scale, flat_index, steps, noise)

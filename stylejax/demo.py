@@ -12,8 +12,9 @@
    32 StyleSpace offsets (frame 0 is the identity: all zero), through the same StyleFlow pose edit and
    StyleSpace offsets the encoder models. The "alignment" of this synthetic clip reports the roll and the
    landmarks of a generic 3-D face posed like the head, as dlib would on a real face.
-3. Runs the real encoder (invert, select_id, head_pose, attributes) on it, saves the encoding (float16,
-   70 bytes a frame), renders it back from the saved file and writes the rendered and side-by-side videos.
+3. Runs the real encoder (invert, select_id, head_pose, attributes) on it, saves the encoding (the compact
+   motion coding, about 35 bytes a frame), renders it back from the saved file and writes the rendered and
+   side-by-side videos and the report (workdir/report/report.html).
 4. Puppeteering: a second random identity (second.enc, an identity with one still frame) driven by the
    first clip's encoding (`stylejax.puppet`), written as puppet.mp4 and puppet_sbs.mp4 (the driver's input |
    its re-synthesis | the driven identity).
@@ -295,12 +296,15 @@ def run(args):
     puppet.render_puppet(driven, saved, g2, flow2, puppet_video, side_by_side=puppet_sbs, driver_render=(g2, flow2),
                          driver_aligned=np.load(workdir.file("align", "frames.npy"), mmap_mode="r"), overwrite=True)
     seconds = time.perf_counter() - t_start
-    say(f"[encode] identity frame {idf}; encoding {enc_path}: {saved.num_frames} frames x {saved.bytes_per_frame} "
-        f"bytes; stage seconds {summary['stage_seconds']}")
+    say(f"[encode] identity frame {idf}; encoding {enc_path}: {saved.num_frames} frames x "
+        f"{summary['bytes_per_frame']:.1f} bytes ({summary['motion_coding']}); "
+        f"stage seconds {summary['stage_seconds']}")
     say(f"[recovery] max |error| yaw {err['yaw_deg']:.3f} deg, pitch {err['pitch_deg']:.3f} deg, roll "
         f"{err['roll_deg']:.3f} deg; offsets: max {err['offsets_rel_max']:.3f}, median "
         f"{err['offsets_rel_median']:.4f} of each channel's amplitude")
     say(f"[render] {video}, {sbs} (input | re-synthesis | error x4)")
+    if summary.get("report"):
+        say(f"[report] {summary['report']} (open it in a browser: metrics, trajectories, stills)")
     say(f"[puppet] a second identity driven by the clip: {puppet_video}, {puppet_sbs} (input | re-synthesis | "
         f"driven); the same from the command line: python -m stylejax.puppet --driver {enc_path} --identity {second} "
         f"--out driven.mp4")
@@ -310,7 +314,8 @@ def run(args):
                        f"{seconds:.0f} s",
             "psnr_db": metrics["psnr_db"], "psnr_db_min": metrics["psnr_db_min"], "ssim": metrics["ssim"],
             "lpips": metrics["lpips"], "recovery_error": err, "id_frame": idf, "frames": saved.num_frames,
-            "bytes_per_frame": saved.bytes_per_frame, "stage_seconds": summary["stage_seconds"],
+            "bytes_per_frame": summary["bytes_per_frame"], "motion_coding": summary["motion_coding"],
+            "report": summary.get("report"), "tlp": metrics["tlp"], "stage_seconds": summary["stage_seconds"],
             "lpips_weights": lpips_note, "random_weights": True, "condition": config.head_pose.condition, "encoding": enc_path, "video": video,
             "side_by_side": sbs, "puppet": puppet_video, "puppet_side_by_side": puppet_sbs,
             "seconds": round(seconds, 1)}

@@ -90,10 +90,12 @@ def run(args):
     if delta:
         tuned = (f"; fine-tuned: generator delta {delta['path']} ({delta['form']}, {delta['bytes'] / 1e6:.2f} MB), "
                  f"{summary['psnr_db'] - summary['psnr_db_base']:+.2f} dB over the base generator")
-    summary["message"] = (f"encoded {enc.num_frames} frames into {args.out} ({enc.bytes_per_frame} bytes/frame): "
+    summary["message"] = (f"encoded {enc.num_frames} frames into {args.out} ({summary['bytes_per_frame']:.1f} "
+                          f"bytes/frame, {summary['motion_coding']}): "
                           f"PSNR {summary['psnr_db']:.2f} dB, SSIM {summary['ssim']:.4f}, LPIPS {summary['lpips']:.4f}"
                           + (f", identity {summary['identity_similarity']:.3f}" if summary["identity_similarity"]
-                             is not None else "") + tuned)
+                             is not None else "") + tuned
+                          + (f"; report {summary['report']}" if summary.get("report") else ""))
     return summary
 
 

@@ -6,6 +6,13 @@ follow alone, and one jitted step does all frames at once (no Python loop over f
 rounding: the same chunk size and device count give the same bits, another chunk size, device count or CPU
 runs other kernels that round differently, and Adam amplifies that where a frame's gradient is near zero
 (docs/encoder.md, "Batching and determinism").
+
+A `coupling` term (e.g. the temporal prior of the attributes stage: a penalty on frame-to-frame changes) joins
+neighbouring frames. Then a frame no longer follows its own trajectory; what holds instead: frame t's gradient
+depends on frames t-1..t+1, so after n steps frame t depends on the frames within n of it (a light cone). A
+chunk optimised with at least `steps` frames of context on each side therefore gives the frames it keeps
+as the whole video in one chunk would (up to the rounding above) (`stages.base.run_chunks`' `overlap`); with less context the
+difference shrinks with the overlap (docs/encoder.md).
 """
 import jax
 import jax.numpy as jnp
@@ -49,7 +56,7 @@ def per_frame_losses(loss_fn, params, nets, batch, microbatch):
     return ungroup(jax.lax.map(lambda pb: loss_fn(pb[0], nets, pb[1]), (group(params), group(batch))))
 
 
-def make_step(loss_fn, optimizer, microbatch=0):
+def make_step(loss_fn, optimizer, microbatch=0, coupling=None):
     """(params, opt_state, nets, batch) -> (params, opt_state, per-frame loss [T]); `batch["mask"]` [T]
     zeroes padded frames. Jit it once per stage (the caller chooses shardings and donation).
 
@@ -58,7 +65,10 @@ def make_step(loss_fn, optimizer, microbatch=0):
     splits exactly into per-group gradients. Differentiating through the map instead would keep every
     group's forward activations alive until the backward loop (memory O(T), the working set of the whole
     batch); this way only one group's forward and backward are live at a time, which is what keeps a
-    large chunk as fast per frame as a small one on CPU (scripts/bench_encode.py)."""
+    large chunk as fast per frame as a small one on CPU (scripts/bench_encode.py).
+
+    `coupling(params, batch) -> scalar` is added to the objective; its gradient is taken over the whole batch
+    (it is cheap: a function of the parameters, not of the images), outside the groups."""
     def total(params, nets, batch):
         per = loss_fn(params, nets, batch)
         return jnp.sum(per * batch["mask"]), per
@@ -73,6 +83,8 @@ def make_step(loss_fn, optimizer, microbatch=0):
             group, ungroup = grouping
             (_, per), grads = jax.lax.map(lambda pb: loss_and_grad(pb[0], nets, pb[1]), (group(params), group(batch)))
             per, grads = ungroup(per), ungroup(grads)
+        if coupling is not None:
+            grads = jax.tree_util.tree_map(jnp.add, grads, jax.grad(coupling)(params, batch))
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, per
 
@@ -82,10 +94,10 @@ def make_step(loss_fn, optimizer, microbatch=0):
 class Optimiser:
     """Runs `steps` Adam steps of a per-frame loss on chunks; compiles once per chunk shape."""
 
-    def __init__(self, loss_fn, lr, steps, microbatch=0):
+    def __init__(self, loss_fn, lr, steps, microbatch=0, coupling=None):
         self.steps = int(steps)
         self.optimizer = adam(lr, steps)
-        step = make_step(loss_fn, self.optimizer, microbatch)
+        step = make_step(loss_fn, self.optimizer, microbatch, coupling)
         self._step = jax.jit(step, donate_argnums=(0, 1))
         self._loss = jax.jit(lambda params, nets, batch: per_frame_losses(loss_fn, params, nets, batch, microbatch))
 

@@ -37,9 +37,11 @@ ENCODER_STAGES = (("invert", invert), ("select_id", select_id), ("head_pose", he
 def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] = None, overwrite=False,
            log=print, align_log=None, format_version="2"):
     """Runs align (if `video`), invert, select_id, head_pose, attributes and (with `config.finetune.steps` > 0)
-    finetune; writes the encoding to `out` (if given, in file format `format_version`) and the fine-tuned
-    generator's delta beside it (`io.delta.delta_path_for(out)`); returns (Encoding, summary dict with per-stage
-    times)."""
+    finetune; writes the encoding to `out` (if given, in file format `format_version`; format 2 with
+    `config.coding.motion` "delta-zstd" chooses the quantisation steps first, stages/quantise.py) and the
+    fine-tuned generator's delta beside it (`io.delta.delta_path_for(out)`); returns (Encoding, summary dict
+    with the metrics of `stages.render.evaluate`, bytes and per-stage times); with `config.render.report`, the
+    report is written to WORKDIR/report (docs/metrics.md)."""
     times = {}
     if out is not None:
         out_real, _, delta_out = atomic.check_outputs(encode_outputs(out, delta=finetune.enabled(config)),
@@ -67,6 +69,17 @@ def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] 
 
         delta = load_delta(workdir.file("finetune", "delta.safetensors"), nets.generator)
         delta_info = {"path": None, "bytes": delta.nbytes, "form": delta.form, "fingerprint": delta.fingerprint}
+    coding = "float16"
+    if out is not None and str(format_version) == "2" and config.coding.motion == "delta-zstd":
+        from stylejax.stages import quantise
+
+        t0 = time.perf_counter()
+        tuned_for_steps = delta.apply(nets.generator) if delta is not None else nets.generator
+        enc, record = quantise.compact(enc, tuned_for_steps, nets.styleflow, workdir.frames(), config.coding)
+        enc = dataclasses.replace(enc, settings={**enc.settings, "motion_coding": record})
+        coding, times["quantise"] = "delta-zstd", time.perf_counter() - t0
+    elif config.coding.motion not in ("delta-zstd", "float16"):
+        raise PipelineError(f"--config.coding.motion must be 'delta-zstd' or 'float16', got {config.coding.motion!r}")
     if out is not None:
         from stylejax.io.encoding import load_encoding, save_encoding
 
@@ -76,17 +89,33 @@ def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] 
             enc = dataclasses.replace(enc, settings={**enc.settings, "delta": delta_out})
             delta_info["path"] = delta_out
         save_encoding(out_real, enc, version=format_version)
-        enc = load_encoding(out_real)  # metrics from the saved (float16) file: what a user gets
+        enc = load_encoding(out_real)  # metrics from the saved file (quantised as stored): what a user gets
     t0 = time.perf_counter()
+    from stylejax.io.encoding import motion_bytes
+
     tuned = delta.apply(nets.generator) if delta is not None else None
-    summary = render.evaluate(enc, nets, workdir, config, chunk=ctx.chunk, generator=tuned)
+    extra = {"bytes_per_frame": motion_bytes(out_real) / enc.num_frames if out is not None else enc.bytes_per_frame,
+             "motion_coding": coding,
+             "identity_bytes": int(enc.id_latent.nbytes + (enc.cond_src.nbytes if enc.cond_src is not None else 0)),
+             "file_bytes": os.path.getsize(out_real) if out is not None else None, "delta": delta_info}
+    faces = bool(config.render.face_metrics)
+    if config.render.report:
+        report_settings = {"encoding": out_real if out is not None else None, "workdir": workdir.path,
+                           "config": config.to_dict(), "networks": nets.paths}
+        _, summary = render.quality_report(enc, nets, workdir.frames(), workdir.file("report", ""), ctx.loss_size,
+                                           ctx.chunk, faces, extra, report_settings, generator=tuned)
+        summary["report"] = workdir.file("report", "report.html")
+    else:
+        _, summary, _ = render.evaluate(enc, nets, workdir.frames(), ctx.loss_size, chunk=ctx.chunk, faces=faces,
+                                        generator=tuned)
+        summary.update(extra)
     if delta is not None:  # what fine-tuning gained: the same encoding through the base generator
-        base = render.evaluate(enc, nets, workdir, config, chunk=ctx.chunk)
+        _, base, _ = render.evaluate(enc, nets, workdir.frames(), ctx.loss_size, chunk=ctx.chunk, faces=False)
         summary.update(psnr_db_base=base["psnr_db"], lpips_base=base["lpips"])
     times["evaluate"] = time.perf_counter() - t0
     summary.update(stage_seconds={k: round(v, 3) for k, v in times.items()}, frames=enc.num_frames,
-                   bytes_per_frame=enc.bytes_per_frame, id_frame=int(json.load(open(workdir.file("select_id", "id.json")))["frame"]),
-                   chunk_size=ctx.chunk, devices=int(ctx.mesh.devices.size), delta=delta_info)
+                   id_frame=int(json.load(open(workdir.file("select_id", "id.json")))["frame"]),
+                   chunk_size=ctx.chunk, devices=int(ctx.mesh.devices.size))
     calibration = workdir.file("head_pose", "pose_calibration.json")
     if os.path.isfile(calibration):
         summary["pose_calibration"] = atomic.read_json(calibration)

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called")
 VIDEO = os.path.join(FIXTURES, "4491301_unaligned.mp4")  # a real face in a 1280x720 frame, 30 fps
 FRAMES = 12
 FEW_STEPS = ["--config", os.path.join(REPO, "configs", "encode_tiny.py"), f"--config.chunk_size={FRAMES}",
-             "--config.invert.steps=8", "--config.head_pose.steps=4", "--config.attributes.steps=8"]
+             "--config.invert.steps=8", "--config.head_pose.steps=4", "--config.attributes.steps=8",
+             "--config.render.face_metrics=False"]  # dlib on 32 px crops: tests/test_quality_metrics.py does faces
 
 
 def cli(module, *args, cwd=None):
@@ -107,9 +108,17 @@ def test_encode_end_to_end(encoded):
 
     summary = json.loads(encoded["stdout"].strip().splitlines()[-1])
     assert isinstance(summary, dict)
-    assert (summary["frames"], summary["bytes_per_frame"], summary["devices"], summary["chunk_size"]) == \
-        (FRAMES, 70, 1, FRAMES)
-    assert set(summary["stage_seconds"]) == {"align", "invert", "select_id", "head_pose", "attributes", "evaluate"}
+    assert (summary["frames"], summary["devices"], summary["chunk_size"], summary["motion_coding"]) == \
+        (FRAMES, 1, FRAMES, "delta-zstd")
+    assert 0 < summary["bytes_per_frame"] < 70  # the compact coding, side information included
+    assert set(summary["stage_seconds"]) == {"align", "invert", "select_id", "head_pose", "attributes", "quantise",
+                                             "evaluate"}
+    # the report: one row a frame, and a page that inlines its images
+    report = os.path.join(encoded["workdir"], "report")
+    assert summary["report"] == os.path.join(os.path.realpath(report), "report.html")
+    assert sorted(os.listdir(report)) == ["metrics.csv", "metrics.json", "metrics.png", "report.html",
+                                          "side_by_side.mp4", "trajectories.png"]
+    assert len(open(os.path.join(report, "metrics.csv")).read().splitlines()) == FRAMES + 1
     assert summary["out"] == os.path.realpath(encoded["out"]) and len(summary["channels"]) == 32
     # a random 32 px generator and a real face: a finite PSNR far from a reconstruction (measured 13.6 dB)
     assert math.isfinite(summary["psnr_db"]) and 5.0 < summary["psnr_db"] < 30.0
@@ -270,6 +279,44 @@ def test_render_unsupported_format_version(small_encoding, tmp_path):
     r = cli("stylejax.render", path, "--out", str(tmp_path / "x.mp4"))
     assert_one_line_error(r, "format version '3' is not supported: this stylejax reads version(s) 1, 2; upgrade "
                              "stylejax to read it")
+
+
+# ------------------------------------------------------------------------------------------------ evaluate
+
+def test_evaluate_with_paste_back_and_a_delta(encoded, short_video, tmp_path):
+    import csv
+
+    delta = tmp_path / "delta.bin"
+    delta.write_bytes(b"\0" * 1200)
+    out = tmp_path / "report"
+    r = cli("stylejax.evaluate", encoded["out"], "--video", short_video, "--paste-back", "--delta", delta,
+            "--out", out, "--no-faces", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["frames"] == FRAMES and summary["report"] == str(out / "report.html")
+    # the aligned input cropped from the video through the encoding's quads is what encode measured against
+    encode_summary = json.load(open(os.path.join(encoded["workdir"], "report", "metrics.json")))["summary"]
+    # both crop the same frames through the same quads with the same resampler: the same PSNR to rounding
+    assert summary["psnr_db"] == pytest.approx(encode_summary["psnr_db"], abs=0.05)
+    assert summary["delta_bytes"] == 1200 and summary["delta_bytes_per_frame"] == pytest.approx(100.0)
+    assert summary["bytes_per_frame"] == pytest.approx(encode_summary["bytes_per_frame"])
+    # pasted into the 1280x720 frames: most of the frame is the original, so far closer than the face alone
+    assert summary["paste_back"]["frame_psnr_db"] > summary["psnr_db"] + 5
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == FRAMES and {"paste_psnr_db", "paste_frame_psnr_db", "tlp"} <= set(rows[0])
+    # a second run refuses to replace the report before measuring anything (encode's rerun replaces its own)
+    again = cli("stylejax.evaluate", encoded["out"], "--video", short_video, "--out", out, "--no-faces")
+    assert_one_line_error(again, "already exists; choose another path or pass --overwrite")
+
+
+@pytest.mark.parametrize("args, words", [
+    ([], ["give the input as --video IN.mp4"]),
+    (["--aligned", "x.npy", "--video", "y.mp4"], ["give the input as --video IN.mp4"]),
+    (["--aligned", "x.npy", "--paste-back"], ["--paste-back needs --video"]),
+    (["--aligned", "x.npy", "--delta", "/nonexistent/delta"], ["--delta /nonexistent/delta: no such file"]),
+])
+def test_evaluate_errors(encoded, args, words):
+    assert_one_line_error(cli("stylejax.evaluate", encoded["out"], *args), *words)
 
 
 # ------------------------------------------------------------------------------------------------ outputs

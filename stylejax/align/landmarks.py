@@ -208,3 +208,46 @@ class FaceTracker:
         self.box = chosen
         self.missed = 0
         return landmarks
+
+
+# ------------------------------------------------------------------------------------------------ aligned crops
+
+def crop_landmarks(crop: np.ndarray, refine: int = 1) -> np.ndarray:
+    """68 landmarks [68, 2] of the face in an FFHQ-aligned crop [S, S, 3], in the crop's pixels.
+
+    No detector: in an aligned crop the face sits where the FFHQ frame puts it (centre (S/2, S/2), half-axis
+    S/2), so the predictor starts from the refinement box of that frame (REFINE_BOX) and is then refined as in
+    tracking. The same start for an input crop and its re-synthesis, so their landmarks are comparable."""
+    s = crop.shape[0]
+    gray = _gray(crop) if crop.ndim == 3 else crop
+    scale = REFINE_AXIS_PX / (s / 2)  # the predictor sees the face at the size refinement uses
+    big = _resize(gray, scale)
+    half = REFINE_BOX[1] * REFINE_AXIS_PX / 2
+    cx, cy = big.shape[1] / 2, big.shape[0] / 2 + REFINE_BOX[0] * REFINE_AXIS_PX
+    lm = predict_landmarks(big, (cx - half, cy - half, cx + half, cy + half))
+    if refine:
+        lm = refine_landmarks(big, lm, refine)
+    return (lm + 0.5) / scale - 0.5
+
+
+def face_in_crop(crop: np.ndarray) -> bool:
+    """Whether dlib's HOG detector finds a face in an aligned crop (at 256 px): False for the demo's textures."""
+    gray = _gray(crop) if crop.ndim == 3 else crop
+    small = _resize(gray, 256 / gray.shape[0])
+    return len(_models()["detector"](small, 1)) > 0
+
+
+def face_descriptor(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """dlib's 128-d face-recognition embedding [128] (dlib_face_recognition_resnet_model_v1, from the
+    face_recognition_models package) of the face with 68 `landmarks` in the uint8 RGB `image`. Two photos of
+    one person are at Euclidean distance < 0.6 (dlib's threshold, 99.38% on LFW)."""
+    import dlib
+
+    m = _models()
+    if "recognition" not in m:
+        m["recognition"] = dlib.face_recognition_model_v1(model_path("dlib_face_recognition_resnet_model_v1.dat"))
+    pts = [dlib.point(int(round(x)), int(round(y))) for x, y in landmarks]
+    x0, y0 = np.floor(landmarks.min(0)).astype(int)
+    x1, y1 = np.ceil(landmarks.max(0)).astype(int)
+    shape = dlib.full_object_detection(dlib.rectangle(int(x0), int(y0), int(x1), int(y1)), pts)
+    return np.asarray(m["recognition"].compute_face_descriptor(np.ascontiguousarray(image), shape, 0), np.float32)

@@ -39,7 +39,8 @@ WRITABLE_VERSIONS = ("1", "2")
 COND_DIM = 17  # StyleFlow's condition: 9 lighting + 8 attributes
 IDENTITY_FIELDS = ("id_latent", "cond_src", "generator_fingerprint", "styleflow_fingerprint", "resolution",
                    "pose_model", "delta_fingerprint")
-MOTION_FIELDS = ("pose_deg", "offsets", "offset_scale", "channels", "fps", "quad", "frame_size")
+MOTION_FIELDS = ("pose_deg", "offsets", "offset_scale", "channels", "fps", "quad", "frame_size", "motion_step",
+                 "key_interval")
 # What turns yaw/pitch into latents when rendering: StyleFlow's pose edit solved with N fixed RK4 steps. N is
 # bounded: each step is two flow evaluations per frame, and a file is a few KB whatever N says (N = 1e8 ran for
 # hours and grew past 1.5 GB; N <= 0 rendered without the pose edit).
@@ -52,6 +53,10 @@ POSE_COLUMNS = ("yaw_deg", "pitch_deg", "roll_deg")
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 _CHANNEL_NAME = re.compile(r"^\d+_\d+$")
 _MAX_HEADER = 100_000_000  # the safetensors library's own limit on the JSON header
+MOTION_CODINGS = ("float16", "delta-zstd")
+MAX_KEY_INTERVAL = 4096
+MAX_QUANTISED = 2 ** 31 - 1  # quantised values are 32-bit integers (a LEB128 varint of at most 5 bytes)
+ZSTD_LEVEL = 19
 
 
 class EncodingError(UserError, ValueError):
@@ -166,6 +171,10 @@ class Encoding:
     offset_scale: np.ndarray | None = None  # float32 [K]: style units per offset unit (None: 1, raw units)
     styleflow_fingerprint: str | None = None  # fingerprint_params of the StyleFlow the pose was fitted with
     delta_fingerprint: str | None = None  # the fine-tuned generator delta (stylejax.io.delta) made for this identity
+    # compact motion coding (version 2, "delta-zstd"): the quantisation step of each of the 3 + K columns
+    # (degrees, then offset units); None: the motion is stored as float16
+    motion_step: np.ndarray | None = None
+    key_interval: int = 64  # frames per independently decodable block of the compact coding
 
     def __post_init__(self):
         try:
@@ -178,10 +187,19 @@ class Encoding:
             conv["cond_src"] = (None if self.cond_src is None else np.asarray(self.cond_src, np.float32).reshape(-1))
             conv["offset_scale"] = (np.ones(len(conv["channels"]), np.float32) if self.offset_scale is None
                                     else np.asarray(self.offset_scale, np.float32).reshape(-1))
+            conv["motion_step"] = None if self.motion_step is None else motion_steps(self.motion_step)
+            conv["key_interval"] = int(self.key_interval)
         except (TypeError, ValueError) as err:
             raise EncodingError(f"invalid encoding: a field has the wrong type ({err})") from None
         for key, value in conv.items():
             object.__setattr__(self, key, value)
+        step = conv["motion_step"]
+        if step is not None and (step.shape != (3 + len(conv["channels"]),) or not np.isfinite(step).all()
+                                 or not (step > 0).all()):
+            raise EncodingError(f"invalid encoding: motion_step must be {3 + len(conv['channels'])} positive finite "
+                                "values (one quantisation step per column)")
+        if not 1 <= conv["key_interval"] <= MAX_KEY_INTERVAL:
+            raise EncodingError(f"invalid encoding: key_interval {conv['key_interval']} is not in 1..{MAX_KEY_INTERVAL}")
         problem = _invalid(conv | {"generator_fingerprint": self.generator_fingerprint, "pose_model": self.pose_model})
         if problem:
             raise EncodingError(f"invalid encoding: {problem}")
@@ -195,7 +213,8 @@ class Encoding:
 
     @property
     def bytes_per_frame(self) -> int:
-        """Stored size of one frame's numbers: float16 pose and offsets (the quad is extra, optional)."""
+        """Stored size of one frame's numbers in the float16 coding: 2·(3 + K) (the compact coding's size depends on
+        the motion: `motion_bytes(path)`; the quad is extra, optional)."""
         return 2 * (3 + len(self.channels))
 
     @property
@@ -258,6 +277,118 @@ def _frames_float16(enc: Encoding, path: str, offsets: np.ndarray) -> np.ndarray
     return frames.astype(np.float16)
 
 
+# --------------------------------------------------------------------------------------------------------
+# Compact motion coding ("delta-zstd", version 2)
+# --------------------------------------------------------------------------------------------------------
+# Each column j of the [T, 3 + K] motion is quantised with its own step: q[t, j] = round(x[t, j] / step[j])
+# (32-bit integers). Frames are cut into blocks of `key_interval`; in a block, each column (column-major) stores
+# its first value and then the frame-to-frame differences, zigzag-mapped to unsigned and written as LEB128
+# varints, and the block's bytes are one zstd frame. `motion.stream` is the blocks back to back and
+# `motion.blocks` [num_blocks + 1] their byte offsets, so a frame range decodes from its blocks alone. Decoding
+# is exact integer arithmetic: a frame decodes to the same value whichever range it is read in.
+
+def motion_steps(step) -> np.ndarray:
+    """Quantisation steps as they are stored: float16 values (rounded, and clipped to float16's normal range
+    2^-14..2^15), returned as float32."""
+    step = np.asarray(step, np.float32).reshape(-1)
+    return np.clip(step, 2.0 ** -14, 2.0 ** 15).astype(np.float16).astype(np.float32)
+
+
+def quantise_motion(frames: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """int64 [T, C] = round(frames / step), refused beyond 32 bits."""
+    q = np.rint(np.asarray(frames, np.float64) / np.asarray(step, np.float64))
+    if not np.isfinite(q).all() or np.abs(q).max(initial=0) > MAX_QUANTISED:
+        raise ValueError("a value is too large for its quantisation step")
+    return q.astype(np.int64)
+
+
+def _zigzag(v):
+    return ((v << 1) ^ (v >> 63)).astype(np.uint64)
+
+
+def _unzigzag(u):
+    return ((u >> np.uint64(1)).astype(np.int64) ^ -(u & np.uint64(1)).astype(np.int64))
+
+
+def _leb128(u: np.ndarray) -> bytes:
+    """Unsigned LEB128 varints of u (values < 2^35), concatenated."""
+    u = np.asarray(u, np.uint64)
+    lens = 1 + sum((u >= np.uint64(1 << (7 * j))).astype(np.int64) for j in range(1, 5))
+    starts = np.cumsum(lens) - lens
+    out = np.zeros(int(lens.sum()), np.uint8)
+    for j in range(5):
+        sel = lens > j
+        byte = (u[sel] >> np.uint64(7 * j)) & np.uint64(0x7F)
+        out[starts[sel] + j] = (byte | ((lens[sel] > j + 1).astype(np.uint64) << np.uint64(7))).astype(np.uint8)
+    return out.tobytes()
+
+
+def _unleb128(data: bytes, count: int) -> np.ndarray:
+    """`count` unsigned LEB128 varints from data (exactly), or ValueError."""
+    b = np.frombuffer(data, np.uint8)
+    ends = np.flatnonzero(b < 0x80)
+    if len(ends) != count or (len(b) and b[-1] >= 0x80):
+        raise ValueError(f"holds {len(ends)} values, expected {count}")
+    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+    lens = ends - starts + 1
+    if len(lens) and lens.max() > 5:
+        raise ValueError("a value is longer than 5 bytes")
+    u = np.zeros(count, np.uint64)
+    for j in range(5):
+        sel = lens > j
+        u[sel] |= (b[starts[sel] + j].astype(np.uint64) & np.uint64(0x7F)) << np.uint64(7 * j)
+    return u
+
+
+def encode_motion(frames: np.ndarray, step: np.ndarray, key_interval: int) -> tuple[np.ndarray, np.ndarray]:
+    """(stream uint8 [N], blocks uint32 [num_blocks + 1]) of float frames [T, C] (see above); `step` must be
+    representable in float16, as it is stored (`motion_steps`)."""
+    import zstandard
+
+    q = quantise_motion(frames, step)
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False, write_content_size=True)
+    parts, offsets = [], [0]
+    for lo in range(0, len(q), key_interval):
+        block = q[lo:lo + key_interval]
+        resid = np.concatenate([block[:1], np.diff(block, axis=0)], axis=0)
+        parts.append(compressor.compress(_leb128(_zigzag(resid.T.reshape(-1)))))
+        offsets.append(offsets[-1] + len(parts[-1]))
+    if offsets[-1] >= 2 ** 32:
+        raise ValueError("the coded motion exceeds 4 GiB")
+    return np.frombuffer(b"".join(parts), np.uint8).copy(), np.asarray(offsets, np.uint32)
+
+
+def decode_motion_blocks(blobs, first_block: int, rows: list[int], columns: int, step: np.ndarray) -> np.ndarray:
+    """float32 [sum(rows), C] of consecutive blocks (their bytes `blobs`, block sizes `rows`); ValueError with
+    the reason on a damaged block."""
+    import zstandard
+
+    out = []
+    for b, (blob, n) in enumerate(zip(blobs, rows)):
+        count = n * columns
+        limit = 5 * count  # a block never holds more than its values at 5 bytes each
+        try:  # read at most one byte past the limit, whatever size the frame declares (a bomb never inflates)
+            with zstandard.ZstdDecompressor().stream_reader(bytes(blob)) as reader:
+                raw = reader.read(limit + 1)
+        except zstandard.ZstdError as err:
+            raise ValueError(f"block {first_block + b} is not a valid zstd frame ({err})") from None
+        if len(raw) > limit:
+            raise ValueError(f"block {first_block + b} inflates beyond its {count} values")
+        try:
+            resid = _unzigzag(_unleb128(raw, count)).reshape(columns, n).T
+        except ValueError as err:
+            raise ValueError(f"block {first_block + b} {err}") from None
+        q = np.cumsum(resid, axis=0)
+        if np.abs(q).max(initial=0) > MAX_QUANTISED:
+            raise ValueError(f"block {first_block + b} decodes beyond 32-bit values")
+        out.append(q)
+    return (np.concatenate(out).astype(np.float64) * np.asarray(step, np.float64)).astype(np.float32)
+
+
+def _block_rows(num_frames: int, key_interval: int) -> list[int]:
+    return [min(key_interval, num_frames - lo) for lo in range(0, num_frames, key_interval)]
+
+
 def _serialise(tensors: dict, meta: dict) -> bytes:
     """safetensors bytes whose header lists the metadata first, in `meta`'s order, then the tensors in the
     order of their data: identical encodings give identical files. (The safetensors library writes its
@@ -305,7 +436,17 @@ def _contents_v2(enc: Encoding, path: str) -> tuple[dict, dict]:
     if enc.cond_src is None:
         raise EncodingError(f"cannot save encoding {path}: the identity has no StyleFlow condition (cond_src)")
     tensors = {"identity.id_latent": enc.id_latent, "identity.cond_src": enc.cond_src,
-               "motion.frames": _frames_float16(enc, path, enc.offsets), "motion.offset_scale": enc.offset_scale}
+               "motion.offset_scale": enc.offset_scale}
+    if enc.motion_step is None:
+        tensors["motion.frames"] = _frames_float16(enc, path, enc.offsets)
+    else:
+        try:
+            stream, blocks = encode_motion(np.concatenate([enc.pose_deg, enc.offsets], 1), enc.motion_step,
+                                           enc.key_interval)
+        except ValueError as err:
+            raise EncodingError(f"cannot save encoding {path}: {err}; use larger quantisation steps") from None
+        tensors.update({"motion.stream": stream, "motion.blocks": blocks,
+                        "motion.step": enc.motion_step.astype(np.float16)})
     if enc.quad is not None:
         tensors["motion.quad"] = enc.quad
     identity = {"generator_fingerprint": enc.generator_fingerprint, "styleflow_fingerprint": enc.styleflow_fingerprint,
@@ -315,6 +456,8 @@ def _contents_v2(enc: Encoding, path: str) -> tuple[dict, dict]:
     motion = {"num_frames": enc.num_frames, "fps": enc.fps, "channels": list(enc.channels),
               "columns": list(POSE_COLUMNS) + ["offsets"], "offset_units": "offset_scale",
               "frame_size": None if enc.frame_size is None else list(enc.frame_size)}
+    if enc.motion_step is not None:
+        motion.update(coding="delta-zstd", key_interval=enc.key_interval)
     meta = {"format": FORMAT, "format_version": "2", "identity": _json(identity), "motion": _json(motion),
             "settings": _json(enc.settings)}
     return tensors, meta
@@ -458,14 +601,21 @@ def _fields_v1(tensors: dict, meta: dict, fail) -> dict:
 
 
 def _fields_v2(tensors: dict, meta: dict, fail) -> dict:
-    missing = [k for k in ("identity.id_latent", "identity.cond_src", "motion.frames", "motion.offset_scale")
-               if k not in tensors]
-    if missing:
-        raise fail(f"missing tensor(s) {', '.join(repr(k) for k in missing)}")
     missing = [k for k in ("identity", "motion", "settings") if k not in meta]
     if missing:
         raise fail(f"missing metadata field(s) {', '.join(repr(k) for k in missing)}")
     identity, motion = _json_field(meta, "identity", dict, fail), _json_field(meta, "motion", dict, fail)
+    coding = motion.get("coding", "float16")
+    if coding not in MOTION_CODINGS:
+        raise fail(f"motion coding {coding!r} is not one of {', '.join(MOTION_CODINGS)}; upgrade stylejax to read it")
+    key_interval = motion.get("key_interval", 64)
+    if coding != "float16" and (not isinstance(key_interval, int) or not 1 <= key_interval <= MAX_KEY_INTERVAL):
+        raise fail(f"metadata field 'motion.key_interval' is not an integer in 1..{MAX_KEY_INTERVAL}")
+    motion_tensors = ("motion.frames",) if coding == "float16" else ("motion.stream", "motion.blocks", "motion.step")
+    missing = [k for k in ("identity.id_latent", "identity.cond_src") + motion_tensors + ("motion.offset_scale",)
+               if k not in tensors]
+    if missing:
+        raise fail(f"missing tensor(s) {', '.join(repr(k) for k in missing)}")
     for part, keys, found in (("identity", ("generator_fingerprint", "styleflow_fingerprint", "resolution",
                                             "pose_model"), identity),
                               ("motion", ("num_frames", "fps", "channels", "frame_size"), motion)):
@@ -488,7 +638,30 @@ def _fields_v2(tensors: dict, meta: dict, fail) -> dict:
                 cond_src=None, offset_scale=None, generator_fingerprint=identity["generator_fingerprint"],
                 styleflow_fingerprint=fp, delta_fingerprint=delta, resolution=identity["resolution"], fps=motion["fps"],
                 num_frames=motion["num_frames"], channels=motion["channels"], pose_model=identity["pose_model"],
-                settings=_json_field(meta, "settings", dict, fail), frame_size=motion["frame_size"])
+                settings=_json_field(meta, "settings", dict, fail), frame_size=motion["frame_size"], coding=coding,
+                key_interval=key_interval)
+
+
+def _decode_stream(tensors: dict, num_frames: int, columns: int, key_interval: int, fail) -> tuple:
+    """(frames float32 [T, C], step) of a "delta-zstd" motion, every tensor checked first."""
+    stream, blocks, step = tensors["motion.stream"], tensors["motion.blocks"], tensors["motion.step"]
+    for name, arr, dtype in (("motion.stream", stream, np.uint8), ("motion.blocks", blocks, np.uint32),
+                             ("motion.step", step, np.float16)):
+        if arr.dtype != dtype or arr.ndim != 1:
+            raise fail(f"tensor {name!r} is {arr.dtype} {list(arr.shape)}, expected a 1-d {np.dtype(dtype)} tensor")
+    num_blocks = -(-num_frames // key_interval)  # counted before anything is allocated for them
+    blocks, step = blocks.astype(np.int64), step.astype(np.float32)
+    if len(blocks) != num_blocks + 1 or blocks[0] != 0 or blocks[-1] != len(stream) or (np.diff(blocks) <= 0).any():
+        raise fail(f"tensor 'motion.blocks' does not hold {num_blocks + 1} increasing byte offsets from 0 to "
+                   f"{len(stream)} (the stream's length)")
+    rows = _block_rows(num_frames, key_interval)
+    if len(step) != columns or not (np.isfinite(step).all() and (step > 0).all()):
+        raise fail(f"tensor 'motion.step' must hold {columns} positive finite quantisation steps")
+    try:
+        frames = decode_motion_blocks([stream[a:b] for a, b in zip(blocks[:-1], blocks[1:])], 0, rows, columns, step)
+    except ValueError as err:
+        raise fail(f"motion stream: {err}") from None
+    return frames, step
 
 
 def load_encoding(path: str, expected_fingerprint: str | None = None) -> Encoding:
@@ -514,9 +687,15 @@ def load_encoding(path: str, expected_fingerprint: str | None = None) -> Encodin
     except (TypeError, ValueError):
         raise fail("metadata fields 'resolution', 'fps', 'num_frames' must be numbers") from None
     names, channels = f["tensors"], f["channels"]
+    if num_frames < 1:
+        raise fail(f"num_frames {num_frames} is not positive")
+    step = None
+    if f.get("coding", "float16") != "float16":
+        decoded, step = _decode_stream(tensors, num_frames, 3 + len(channels), f["key_interval"], fail)
+        tensors = dict(tensors, **{"motion.frames": decoded})
     arrays = {k: tensors.get(name) for k, name in names.items()}
-    for key, dtype in (("frames", np.float16), ("id_latent", np.float32), ("quad", np.float32),
-                       ("cond_src", np.float32), ("offset_scale", np.float32)):
+    for key, dtype in (("frames", np.float16 if step is None else np.float32), ("id_latent", np.float32),
+                       ("quad", np.float32), ("cond_src", np.float32), ("offset_scale", np.float32)):
         if arrays.get(key) is not None and arrays[key].dtype != dtype:
             raise fail(f"tensor {names[key]!r} is {arrays[key].dtype}, expected {np.dtype(dtype)}")
     frames = arrays["frames"]
@@ -535,6 +714,92 @@ def load_encoding(path: str, expected_fingerprint: str | None = None) -> Encodin
                         channels=tuple(channels), fps=fps, resolution=resolution, generator_fingerprint=fingerprint,
                         pose_model=f["pose_model"], settings=f["settings"], quad=arrays["quad"],
                         frame_size=f["frame_size"], cond_src=cond, styleflow_fingerprint=f["styleflow_fingerprint"],
-                        offset_scale=arrays.get("offset_scale"), delta_fingerprint=f["delta_fingerprint"])
+                        offset_scale=arrays.get("offset_scale"), delta_fingerprint=f["delta_fingerprint"],
+                        motion_step=step, key_interval=f.get("key_interval", 64) if step is not None else 64)
     except EncodingError as err:
         raise fail(str(err).removeprefix("invalid encoding: ")) from None
+
+
+def _read_header(f, path: str) -> tuple[dict, int]:
+    """(header, offset of the data) of an open safetensors file, reading the header alone."""
+    fail = lambda why: EncodingError(f"cannot read encoding {path}: {why}")
+    head = f.read(8)
+    if len(head) < 8:
+        raise fail("not a safetensors file (encodings are written by python -m stylejax.encode)")
+    (n,) = struct.unpack("<Q", head)
+    if n > _MAX_HEADER:
+        raise fail("not a safetensors file (encodings are written by python -m stylejax.encode)")
+    try:
+        header = json.loads(f.read(n).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise fail("not a safetensors file (encodings are written by python -m stylejax.encode)") from None
+    if not isinstance(header, dict):
+        raise fail("not a safetensors file (encodings are written by python -m stylejax.encode)")
+    return header, 8 + n
+
+
+MOTION_DATA = ("frames", "motion.frames", "motion.stream", "motion.blocks", "motion.step")
+
+
+def motion_bytes(path: str) -> int:
+    """Bytes the per-frame motion takes in an encoding file: the float16 frames, or the compact coding's stream,
+    block offsets and steps (not the header, the identity, `offset_scale` or the optional quads)."""
+    with open(path, "rb") as f:
+        header, _ = _read_header(f, path)
+    total = 0
+    for name in MOTION_DATA:
+        entry = header.get(name)
+        if isinstance(entry, dict):
+            lo, hi = entry.get("data_offsets", (0, 0))
+            total += int(hi) - int(lo)
+    return total
+
+
+def load_motion_range(path: str, first: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pose_deg [n, 3], offsets [n, K]) of frames first..end-1 of a compact ("delta-zstd") encoding, reading
+    only the header, the block offsets, the steps and the blocks that hold those frames (random access)."""
+    fail = lambda why: EncodingError(f"cannot read encoding {path}: {why}")
+    with open(path, "rb") as f:
+        header, base = _read_header(f, path)
+        meta = header.get("__metadata__") or {}
+        if meta.get("format") != FORMAT or meta.get("format_version") != "2":
+            raise fail("random access needs a format-2 encoding")
+        motion = _json_field(meta, "motion", dict, fail)
+        if motion.get("coding") != "delta-zstd":
+            raise fail(f"random access needs the compact motion coding; this file's is {motion.get('coding', 'float16')!r}")
+        t, key, k = motion.get("num_frames"), motion.get("key_interval"), len(motion.get("channels") or [])
+        if not (isinstance(t, int) and isinstance(key, int) and t > 0 and 1 <= key <= MAX_KEY_INTERVAL):
+            raise fail("metadata 'motion' has no valid num_frames and key_interval")
+        if not 0 <= first < end <= t:
+            raise EncodingError(f"frames {first}..{end - 1} are outside the encoding's 0..{t - 1}")
+
+        def read(name, dtype, lo=None, hi=None):
+            entry = header.get(name)
+            if not isinstance(entry, dict) or entry.get("dtype") != {np.uint8: "U8", np.int64: "I64",
+                                                                      np.float16: "F16", np.uint32: "U32"}[dtype]:
+                raise fail(f"missing or mistyped tensor {name!r}")
+            a, b = (int(v) for v in entry["data_offsets"])
+            lo, hi = (a, b) if lo is None else (a + lo, a + hi)
+            if not a <= lo <= hi <= b:
+                raise fail(f"tensor {name!r}: byte range outside the tensor")
+            f.seek(base + lo)
+            data = f.read(hi - lo)
+            if len(data) != hi - lo:
+                raise fail("truncated")
+            return np.frombuffer(data, dtype)
+
+        blocks = read("motion.blocks", np.uint32).astype(np.int64)
+        step = read("motion.step", np.float16).astype(np.float32)
+        if (len(blocks) != -(-t // key) + 1 or blocks[0] != 0 or (np.diff(blocks) <= 0).any() or len(step) != 3 + k
+                or not (np.isfinite(step).all() and (step > 0).all())):
+            raise fail("tensor 'motion.blocks' or 'motion.step' does not fit the motion")
+        b0, b1 = first // key, (end - 1) // key + 1
+        rows = [min(key, t - b * key) for b in range(b0, b1)]
+        data = read("motion.stream", np.uint8, int(blocks[b0]), int(blocks[b1]))
+        blobs = [data[blocks[b] - blocks[b0]:blocks[b + 1] - blocks[b0]] for b in range(b0, b1)]
+    try:
+        frames = decode_motion_blocks(blobs, b0, rows, 3 + k, step)
+    except ValueError as err:
+        raise fail(f"motion stream: {err}") from None
+    frames = frames[first - b0 * key:end - b0 * key]
+    return frames[:, :3], frames[:, 3:]

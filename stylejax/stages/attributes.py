@@ -74,6 +74,29 @@ def loss_fn(config, loss_size, dtype, flat_index, use_weights, use_id, rk4_steps
     return loss
 
 
+def temporal_prior(weight, pose_weight):
+    """The temporal prior: weight·Σ_t |offsets[t] - offsets[t-1]|² (channel standard deviations) +
+    pose_weight·Σ_t ((yaw[t] - yaw[t-1])² + (pitch[t] - pitch[t-1])²) (degrees) over pairs of real frames,
+    added to the summed per-frame losses (`optimize.make_step`'s coupling)."""
+    def penalty(params, batch):
+        pair = batch["mask"][1:] * batch["mask"][:-1]
+        total = weight * jnp.sum(pair * jnp.sum(jnp.square(jnp.diff(params["offsets"], axis=0)), axis=-1))
+        for name in ("yaw", "pitch"):
+            if name in params:
+                total = total + pose_weight * jnp.sum(pair * jnp.square(jnp.diff(params[name])))
+        return total
+    return penalty
+
+
+def temporal_overlap(cfg):
+    """Frames of context each side of a chunk under the temporal prior: `temporal_overlap`, or with -1 the number
+    of steps, which makes the chunked result equal the whole video's (the light cone of optimize.py)."""
+    overlap = int(cfg.temporal_overlap)
+    if overlap < -1:
+        raise PipelineError(f"--config.attributes.temporal_overlap must be >= 0 or -1 (= the steps), got {overlap}")
+    return int(cfg.steps) if overlap == -1 else overlap
+
+
 def is_ffhq_1024(gconfig):
     from stylejax.nets.generator import GeneratorConfig
 
@@ -170,8 +193,10 @@ def run(ctx):
         nets.update(styleflow=ctx.nets.styleflow, id_latent=jnp.asarray(wd.load("select_id", "id_latent.npy")),
                     cond_src=jnp.asarray(np.load(wd.file("head_pose", "cond_src.npy"))))
     lr = {"offsets": cfg.lr, "yaw": cfg.pose_lr, "pitch": cfg.pose_lr} if refine else cfg.lr
+    coupled = bool(cfg.temporal_weight or cfg.temporal_pose_weight)
     opt = Optimiser(loss_fn(cfg, ctx.loss_size, dtype, flat_index, use_weights, use_id,
-                            int(ctx.config.head_pose.rk4_steps)), lr, cfg.steps, ctx.microbatch)
+                            int(ctx.config.head_pose.rk4_steps)), lr, cfg.steps, ctx.microbatch,
+                    coupling=temporal_prior(cfg.temporal_weight, cfg.temporal_pose_weight) if coupled else None)
     resize = jax.jit(losses.resize, static_argnums=1)
 
     def make_batch(lo, hi):
@@ -183,7 +208,7 @@ def run(ctx):
 
     def init(batch):
         frames, pose = batch.pop("frames"), batch["pose"]
-        start = {"offsets": jnp.zeros((ctx.chunk, len(channels)), jnp.float32)}
+        start = {"offsets": jnp.zeros((frames.shape[0], len(channels)), jnp.float32)}
         if refine:
             start.update(yaw=pose[:, 0], pitch=pose[:, 1])
         return start, {**batch, "target": resize(frames, ctx.loss_size)}
@@ -195,7 +220,8 @@ def run(ctx):
         return {"offsets.npy": params["offsets"], "pose.npy": pose}
 
     out = run_chunks(ctx, "attributes", opt, nets, make_batch, init, finish,
-                     outputs={"offsets.npy": ((len(channels),), np.float32), "pose.npy": ((3,), np.float32)})
+                     outputs={"offsets.npy": ((len(channels),), np.float32), "pose.npy": ((3,), np.float32)},
+                     overlap=temporal_overlap(cfg) if coupled else 0)
     mean_loss = float(np.mean(out["loss.npy"]))
     wd.mark_done("attributes", sig, frames=t, channels=channels, mean_loss=mean_loss)
     ctx.log(f"[attributes] {len(channels)} channels, |offset| max {float(np.abs(out['offsets.npy']).max()):.3f}; "

@@ -141,15 +141,15 @@ def signature(ctx, stage, *parts):
 
 # ------------------------------------------------------------------------------------------------ the chunk loop
 
-def chunk_batch(ctx, make_batch, lo, hi):
-    """Frames lo:hi of `make_batch` padded to the chunk size (the last frame repeated) with a `mask` [chunk]
-    (1 = real frame) and sharded over the frames mesh: what one compiled step sees for every chunk. Shared by
-    `run_chunks` and the fine-tuning loop, whose loop differs (steps outer, chunks inner)."""
-    host, mask = parallel.pad_frames(make_batch(lo, hi), ctx.chunk)
+def chunk_batch(ctx, make_batch, lo, hi, size=None):
+    """Frames lo:hi of `make_batch` padded to `size` (default the chunk size; the last frame repeated) with a
+    `mask` [size] (1 = real frame) and sharded over the frames mesh: what one compiled step sees for every
+    chunk. Shared by `run_chunks` and the fine-tuning loop, whose loop differs (steps outer, chunks inner)."""
+    host, mask = parallel.pad_frames(make_batch(lo, hi), size or ctx.chunk)
     return parallel.shard_frames({**host, "mask": mask}, ctx.mesh)
 
 
-def run_chunks(ctx, stage, optimiser, nets, make_batch, init, finish, outputs):
+def run_chunks(ctx, stage, optimiser, nets, make_batch, init, finish, outputs, overlap=0):
     """The chunk loop of an optimising stage, written once; returns the stage's memory-mapped outputs.
 
     For each chunk [lo, hi) of `ctx.chunks()` not yet marked done in `WORKDIR/<stage>/`:
@@ -162,12 +162,19 @@ def run_chunks(ctx, stage, optimiser, nets, make_batch, init, finish, outputs):
          written into its memory-mapped `.npy` (`outputs`: name -> (per-frame shape, dtype)), together with
          `loss.npy` [T], flushed, and the chunk is marked done.
     A chunk is marked only after its rows are on disk, so an interrupted run resumes at the chunk it was in.
-    The caller starts the stage (`workdir.begin`) and marks it done; `nets` are replicated here."""
+    The caller starts the stage (`workdir.begin`) and marks it done; `nets` are replicated here.
+
+    `overlap` o (for a loss that couples neighbouring frames, e.g. a temporal prior): each chunk is optimised
+    together with up to o frames of context on each side, [lo - o, hi + o) within the video (every chunk padded
+    to chunk + 2·o), and only its own rows lo:hi are kept, so chunk borders do not show (optimize.py: with
+    o >= the optimiser's steps, exactly as in one chunk)."""
     wd, t = ctx.workdir, ctx.num_frames
     arrays = {name: wd.array(stage, name, (t,) + tuple(shape), dtype) for name, (shape, dtype) in outputs.items()}
     arrays["loss.npy"] = wd.array(stage, "loss.npy", (t,))
     nets = parallel.replicate(nets, ctx.mesh)
     chunks = ctx.chunks()
+    overlap = int(overlap)
+    window = parallel.pad_to(ctx.chunk + 2 * overlap, ctx.mesh.devices.size) if overlap else ctx.chunk
     per_chunk = max(optimiser.steps, 1)
     bar = cli.progress(total=len(chunks) * per_chunk, desc=stage, unit="step")
     try:
@@ -175,15 +182,16 @@ def run_chunks(ctx, stage, optimiser, nets, make_batch, init, finish, outputs):
             if wd.chunk_done(stage, lo):
                 bar.update(per_chunk)
                 continue
-            params, batch = init(chunk_batch(ctx, make_batch, lo, hi))
+            wlo, whi = max(0, lo - overlap), min(t, hi + overlap)
+            params, batch = init(chunk_batch(ctx, make_batch, wlo, whi, window))
             params = parallel.shard_frames(params, ctx.mesh)
             params, loss = optimiser.run(params, nets, batch, stage=stage, bar=bar)
             if not optimiser.steps:
                 bar.update(1)
             rows = dict(finish(params, loss, batch), **{"loss.npy": loss})
-            n = hi - lo
+            keep = slice(lo - wlo, hi - wlo)
             for name, out in arrays.items():
-                out[lo:hi] = np.asarray(rows[name])[:n]
+                out[lo:hi] = np.asarray(rows[name])[keep]
                 out.flush()
             wd.mark_chunk(stage, lo)
     finally:

@@ -62,7 +62,7 @@ def run(ctx):
 
     def init(batch):
         frames = batch.pop("frames")
-        ws0 = jnp.concatenate([e4e_fn(e4e, frames[i:i + step]) for i in range(0, ctx.chunk, step)])
+        ws0 = jnp.concatenate([e4e_fn(e4e, frames[i:i + step]) for i in range(0, frames.shape[0], step)])
         start = {"ws": ws0} if space == "w+" else {"w": jnp.mean(ws0, axis=1)}  # W: the mean of e4e's rows
         return start, {**batch, "target": resize(frames, ctx.loss_size)}
 
