@@ -3,6 +3,8 @@ the original video and a side-by-side with the aligned input and an error map. A
 metrics of `encode` (PSNR, SSIM, LPIPS, identity similarity against the aligned input).
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
