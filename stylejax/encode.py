@@ -71,7 +71,8 @@ def run(args):
     summary["message"] = (f"encoded {enc.num_frames} frames into {args.out} ({enc.bytes_per_frame} bytes/frame): "
                           f"PSNR {summary['psnr_db']:.2f} dB, SSIM {summary['ssim']:.4f}, LPIPS {summary['lpips']:.4f}"
                           + (f", identity {summary['identity_similarity']:.3f}" if summary["identity_similarity"]
-                             is not None else ""))
+                             is not None else "")
+                          + f"; identity frame {summary['id_frame']}: {summary['id_frame_reason']}")
     return summary
 
 
