@@ -43,8 +43,7 @@ def get_config():
     c.head_pose.lpips_weight = 1.0
     c.head_pose.l2_weight = 1.0
     c.head_pose.rk4_steps = 8         # StyleFlow RK4 steps (docs/networks.md: error vs N)
-    c.head_pose.pose_rows = (0, 4)    # W+ rows [start, stop) of the pose edit: StyleFlow's 0-3
-    c.head_pose.condition = "map"     # identity frame's StyleFlow condition: "map" (max. likelihood), "mean", "zeros"
+    c.head_pose.condition = "map"     # identity frame's StyleFlow condition: "map" (max. posterior), "mean", "zeros"
     c.head_pose.condition_data = "default"  # StyleFlow's condition statistics (configs/styleflow_condition.json)
     c.head_pose.condition_steps = 100
     c.head_pose.condition_lr = 0.1    # Adam on the logit of each entry's place in the data range
@@ -55,7 +54,7 @@ def get_config():
 
     c.attributes = ml_collections.ConfigDict()
     c.attributes.steps = 100
-    c.attributes.lr = 0.05
+    c.attributes.lr = 0.1          # offsets in channel std units: Adam moves ~lr a step, a budget of ~5.5 std over 100 steps
     c.attributes.refine_pose = True    # refine yaw/pitch jointly with the offsets (from the head_pose values)
     c.attributes.pose_lr = 0.2         # degrees per Adam step for that refinement
     c.attributes.channels = "default"  # "default" (configs/channels_ffhq1024.json at 1024), "auto", or a JSON file
@@ -66,6 +65,7 @@ def get_config():
     c.attributes.mouth_weight = 2.0    # extra L2 weight on the mouth region
     c.attributes.id_weight = 0.0       # ArcFace identity loss (needs --arcface)
     c.attributes.auto_samples = 256    # random samples for the channel spread in --channels auto
+    c.attributes.std_samples = 10000   # random samples for each channel's std: the unit of the offsets
 
     c.render = ml_collections.ConfigDict()
     c.render.noise_mode = "const"

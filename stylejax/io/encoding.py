@@ -1,11 +1,21 @@
 """The encoding file: one identity latent plus 35 numbers per frame, in a safetensors file.
 
-Tensors: `id_latent` float32 [num_ws, w_dim]; `frames` float16 [T, 3 + K] with columns yaw, pitch, roll
-(degrees) then the K StyleSpace channel offsets (2·(3 + K) bytes a frame: 70 for K = 32); optionally `quad`
-float32 [T, 4, 2], the per-frame crop corners (TL, BL, BR, TR, original-frame pixels) for pasting back.
-Metadata (`__metadata__`, str -> str): format, format_version, generator_fingerprint, resolution, fps,
-num_frames, channels (JSON list of "layer_channel"), pose_model, settings (JSON object), frame_size (JSON
-[w, h], only with `quad`). Files are written atomically and read without unpickling anything.
+An encoding has two parts (format version 2 keeps them apart in the file, so one video's motion can drive
+another video's identity):
+- the **identity**: the W+ identity latent, the identity frame's StyleFlow condition `cond_src`, and what
+  they mean something to (generator and StyleFlow fingerprints, resolution, `pose_model`);
+- the **motion**: per-frame yaw, pitch, roll (degrees, relative to the identity frame) and K StyleSpace
+  channel offsets in units of each channel's standard deviation (`offset_scale`: style units per offset
+  unit), the channel names, fps and, for paste-back, the crop quads and the original frame size.
+
+Version 2 tensors: `identity.id_latent` float32 [num_ws, w_dim], `identity.cond_src` float32 [17],
+`motion.frames` float16 [T, 3 + K] (yaw, pitch, roll, then the offsets: 2·(3 + K) bytes a frame, 70 for
+K = 32), `motion.offset_scale` float32 [K], optionally `motion.quad` float32 [T, 4, 2] (crop corners TL, BL,
+BR, TR in original-frame pixels). Metadata (`__metadata__`, str -> str): `format`, `format_version`,
+`identity` and `motion` (JSON objects) and `settings` (JSON: how it was made, for the record).
+Version 1 (still read, and written with `version="1"`): `id_latent`, `frames` (offsets in raw style
+units), `quad`, flat metadata, `cond_src` inside `settings`. Files are written atomically with the metadata
+in a fixed order (equal encodings give equal bytes) and read without unpickling anything.
 """
 from __future__ import annotations
 
@@ -16,15 +26,27 @@ import math
 import os
 import re
 import struct
-import tempfile
 
 import numpy as np
 
 from stylejax.errors import UserError
 
 FORMAT = "stylejax-encoding"
-FORMAT_VERSION = "1"
-READABLE_VERSIONS = ("1",)
+FORMAT_VERSION = "2"  # what save_encoding writes by default
+READABLE_VERSIONS = ("1", "2")
+WRITABLE_VERSIONS = ("1", "2")
+COND_DIM = 17  # StyleFlow's condition: 9 lighting + 8 attributes
+IDENTITY_FIELDS = ("id_latent", "cond_src", "generator_fingerprint", "styleflow_fingerprint", "resolution",
+                   "pose_model")
+MOTION_FIELDS = ("pose_deg", "offsets", "offset_scale", "channels", "fps", "quad", "frame_size")
+# What turns yaw/pitch into latents when rendering: StyleFlow's pose edit solved with N fixed RK4 steps. N is
+# bounded: each step is two flow evaluations per frame, and a file is a few KB whatever N says (N = 1e8 ran for
+# hours and grew past 1.5 GB; N <= 0 rendered without the pose edit).
+_POSE_MODEL = re.compile(r"^styleflow-rk4-(\d+)$")
+MAX_RK4_STEPS = 64  # the README's RK4 error table converges by 16; more is a damaged or hostile file
+NOISE_MODES = ("const", "random", "none")
+MAX_FPS = 1000.0
+MAX_SIZE = 1 << 16  # px: a generator's resolution or an original frame's width and height
 POSE_COLUMNS = ("yaw_deg", "pitch_deg", "roll_deg")
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 _CHANNEL_NAME = re.compile(r"^\d+_\d+$")
@@ -53,10 +75,15 @@ def _invalid(fields: dict) -> str | None:
     for name in ("id_latent", "pose_deg", "offsets"):
         if not np.isfinite(fields[name]).all():
             return f"{name} has non-finite values"
-    if not (math.isfinite(fields["fps"]) and fields["fps"] > 0):
-        return f"fps {fields['fps']!r} is not a positive number"
-    if fields["resolution"] <= 0:
-        return f"resolution {fields['resolution']} is not positive"
+    cond, scale = fields["cond_src"], fields["offset_scale"]
+    if cond is not None and (cond.shape != (COND_DIM,) or not np.isfinite(cond).all()):
+        return f"cond_src must be {COND_DIM} finite values (StyleFlow's condition), got shape {list(cond.shape)}"
+    if scale.shape != (len(ch),) or not (np.isfinite(scale).all() and (scale > 0).all()):
+        return f"offset_scale must be {len(ch)} positive finite values (one per channel)"
+    if not (math.isfinite(fields["fps"]) and 0 < fields["fps"] <= MAX_FPS):
+        return f"fps {fields['fps']!r} is not a frame rate in (0, {MAX_FPS}]"
+    if not 0 < fields["resolution"] <= MAX_SIZE:
+        return f"resolution {fields['resolution']} is not in [1, {MAX_SIZE}] px"
     for name in ("generator_fingerprint", "pose_model"):
         if not isinstance(fields[name], str) or not fields[name]:
             return f"{name} is not a non-empty string"
@@ -66,6 +93,9 @@ def _invalid(fields: dict) -> str | None:
         json.dumps(fields["settings"], allow_nan=False)
     except (TypeError, ValueError) as err:
         return f"settings are not JSON-serialisable ({err})"
+    problem = _invalid_settings(fields["pose_model"], fields["settings"], pose.shape[0])
+    if problem:
+        return problem
     quad, size = fields["quad"], fields["frame_size"]
     if (quad is None) != (size is None):
         return "quad and frame_size come together: give both or neither"
@@ -74,8 +104,43 @@ def _invalid(fields: dict) -> str | None:
             return f"quad has shape {list(quad.shape)}, expected [{pose.shape[0]}, 4, 2]"
         if not np.isfinite(quad).all():
             return "quad has non-finite values"
-        if len(size) != 2 or min(size) <= 0:
-            return f"frame_size {size} is not (width, height) in pixels"
+        if len(size) != 2 or min(size) <= 0 or max(size) > MAX_SIZE:
+            return f"frame_size {size} is not (width, height) in pixels, each in [1, {MAX_SIZE}]"
+    return None
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _invalid_settings(pose_model: str, settings: dict, num_frames: int) -> str | None:
+    """Bounds on what the decoder reads from an encoding's pose model and settings (what must also agree with
+    the networks is `stylejax.decoder.check_fits`)."""
+    m = _POSE_MODEL.match(pose_model)
+    if not m:
+        return (f"pose_model {pose_model[:40]!r} is not 'styleflow-rk4-N' (StyleFlow's pose edit with N RK4 steps, "
+                "the only pose model this stylejax renders)")
+    steps = int(m.group(1)) if len(m.group(1)) <= 18 else MAX_RK4_STEPS + 1
+    if not 1 <= steps <= MAX_RK4_STEPS:
+        return f"pose_model {pose_model[:40]!r} asks for {m.group(1)[:20]} RK4 steps, outside [1, {MAX_RK4_STEPS}]"
+    if "rk4_steps" in settings:
+        v = settings["rk4_steps"]
+        if not _whole(v) or not 1 <= v <= MAX_RK4_STEPS:
+            return f"settings 'rk4_steps' = {v!r:.40} is not a whole number of RK4 steps in [1, {MAX_RK4_STEPS}]"
+        if v != steps:
+            return f"settings 'rk4_steps' = {v} contradicts pose_model {pose_model!r}"
+    if "noise_mode" in settings and settings["noise_mode"] not in NOISE_MODES:
+        return f"settings 'noise_mode' = {settings['noise_mode']!r:.40} is not one of {', '.join(NOISE_MODES)}"
+    if "pose_rows" in settings and settings["pose_rows"] != [0, 4]:
+        return (f"settings 'pose_rows' = {settings['pose_rows']!r:.40} contradicts pose_model {pose_model!r} "
+                "(StyleFlow edits W+ rows 0-3)")
+    if "id_frame" in settings and not (_whole(settings["id_frame"]) and 0 <= settings["id_frame"] < num_frames):
+        return f"settings 'id_frame' = {settings['id_frame']!r:.40} is not a frame index in [0, {num_frames})"
+    if "aligned" in settings and not isinstance(settings["aligned"], str):
+        return "settings 'aligned' is not a path"
+    nets = settings.get("networks", {})
+    if not (isinstance(nets, dict) and all(isinstance(v, str) for v in nets.values())):
+        return "settings 'networks' is not a dict of checkpoint paths"
     return None
 
 
@@ -94,6 +159,9 @@ class Encoding:
     settings: dict = dataclasses.field(default_factory=dict)  # encoder settings, JSON-able, for the record
     quad: np.ndarray | None = None  # float32 [T, 4, 2] crop corners TL, BL, BR, TR in original-frame px
     frame_size: tuple | None = None  # (width, height) of the original frames; with `quad`
+    cond_src: np.ndarray | None = None  # float32 [17]: the identity frame's StyleFlow condition
+    offset_scale: np.ndarray | None = None  # float32 [K]: style units per offset unit (None: 1, raw units)
+    styleflow_fingerprint: str | None = None  # fingerprint_params of the StyleFlow the pose was fitted with
 
     def __post_init__(self):
         try:
@@ -103,6 +171,9 @@ class Encoding:
                         settings=dict(self.settings) if isinstance(self.settings, dict) else self.settings,
                         quad=None if self.quad is None else np.asarray(self.quad, np.float32),
                         frame_size=None if self.frame_size is None else tuple(int(v) for v in self.frame_size))
+            conv["cond_src"] = (None if self.cond_src is None else np.asarray(self.cond_src, np.float32).reshape(-1))
+            conv["offset_scale"] = (np.ones(len(conv["channels"]), np.float32) if self.offset_scale is None
+                                    else np.asarray(self.offset_scale, np.float32).reshape(-1))
         except (TypeError, ValueError) as err:
             raise EncodingError(f"invalid encoding: a field has the wrong type ({err})") from None
         for key, value in conv.items():
@@ -110,6 +181,8 @@ class Encoding:
         problem = _invalid(conv | {"generator_fingerprint": self.generator_fingerprint, "pose_model": self.pose_model})
         if problem:
             raise EncodingError(f"invalid encoding: {problem}")
+        if self.styleflow_fingerprint is not None and not isinstance(self.styleflow_fingerprint, str):
+            raise EncodingError("invalid encoding: styleflow_fingerprint is not a string")
 
     @property
     def num_frames(self) -> int:
@@ -119,6 +192,33 @@ class Encoding:
     def bytes_per_frame(self) -> int:
         """Stored size of one frame's numbers: float16 pose and offsets (the quad is extra, optional)."""
         return 2 * (3 + len(self.channels))
+
+    @property
+    def offsets_raw(self) -> np.ndarray:
+        """[T, K] offsets in style units: what is added to the StyleSpace channels."""
+        return self.offsets * self.offset_scale
+
+    @property
+    def rk4_steps(self) -> int:
+        """RK4 steps of the StyleFlow pose edit, from `pose_model` ("styleflow-rk4-N", bounded on construction)."""
+        found = _POSE_MODEL.match(self.pose_model)
+        if not found or not 1 <= int(found.group(1)) <= MAX_RK4_STEPS:
+            raise EncodingError(f"pose_model {self.pose_model!r} is not 'styleflow-rk4-N' with N in "
+                                f"1..{MAX_RK4_STEPS}: this stylejax cannot render it")
+        return int(found.group(1))
+
+    def identity(self) -> dict:
+        """The identity part: what a driven face keeps (see IDENTITY_FIELDS)."""
+        return {k: getattr(self, k) for k in IDENTITY_FIELDS}
+
+    def motion(self) -> dict:
+        """The motion part: what drives a face (see MOTION_FIELDS)."""
+        return {k: getattr(self, k) for k in MOTION_FIELDS}
+
+    @classmethod
+    def from_parts(cls, identity: dict, motion: dict, settings: dict | None = None) -> "Encoding":
+        """An encoding of one identity moved by another's motion (both as `identity()` / `motion()` give)."""
+        return cls(**identity, **motion, settings=dict(settings or {}))
 
 
 def fingerprint_params(params) -> str:
@@ -142,8 +242,8 @@ def fingerprint_params(params) -> str:
 # Writing
 # --------------------------------------------------------------------------------------------------------
 
-def _frames_float16(enc: Encoding, path: str) -> np.ndarray:
-    frames = np.concatenate([enc.pose_deg, enc.offsets], axis=1)
+def _frames_float16(enc: Encoding, path: str, offsets: np.ndarray) -> np.ndarray:
+    frames = np.concatenate([enc.pose_deg, offsets], axis=1)
     too_big = np.abs(frames) > FLOAT16_MAX
     if too_big.any():
         t, k = np.argwhere(too_big)[0]
@@ -153,47 +253,95 @@ def _frames_float16(enc: Encoding, path: str) -> np.ndarray:
     return frames.astype(np.float16)
 
 
-def _metadata(enc: Encoding) -> dict:
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "generator_fingerprint": enc.generator_fingerprint,
-            "resolution": str(enc.resolution), "fps": repr(enc.fps), "num_frames": str(enc.num_frames),
-            "channels": json.dumps(list(enc.channels)), "pose_model": enc.pose_model,
-            "settings": json.dumps(enc.settings, sort_keys=True, allow_nan=False)}
-    if enc.frame_size is not None:
-        meta["frame_size"] = json.dumps(list(enc.frame_size))
-    return meta
-
-
-def save_encoding(path: str, enc: Encoding) -> None:
-    """Write `enc` to `path` atomically (temp file in the same directory, fsync, rename): a reader sees the
-    old file or the new one, never a partial one. Pose and offsets are stored as float16."""
+def _serialise(tensors: dict, meta: dict) -> bytes:
+    """safetensors bytes whose header lists the metadata first, in `meta`'s order, then the tensors in the
+    order of their data: identical encodings give identical files. (The safetensors library writes its
+    metadata from a hash map, in an order that changes from one process to the next.)"""
     import safetensors.numpy
 
+    data = safetensors.numpy.save(tensors)
+    (n,) = struct.unpack("<Q", data[:8])
+    entries = json.loads(data[8:8 + n])
+    header = {"__metadata__": meta}
+    header.update(sorted(((k, v) for k, v in entries.items() if k != "__metadata__"),
+                         key=lambda kv: kv[1]["data_offsets"]))
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as the library writes it
+    return struct.pack("<Q", len(text)) + text + data[8 + n:]
+
+
+def _json(value) -> str:
+    return json.dumps(value, sort_keys=True, allow_nan=False)
+
+
+def _contents_v1(enc: Encoding, path: str) -> tuple[dict, dict]:
+    """Version 1: offsets in raw style units; the identity's condition and StyleFlow inside `settings`."""
+    tensors = {"id_latent": enc.id_latent, "frames": _frames_float16(enc, path, enc.offsets_raw)}
+    if enc.quad is not None:
+        tensors["quad"] = enc.quad
+    settings = dict(enc.settings)
+    if enc.cond_src is not None:
+        settings["cond_src"] = [float(v) for v in enc.cond_src]
+    if enc.styleflow_fingerprint is not None:
+        settings["styleflow_fingerprint"] = enc.styleflow_fingerprint
+    if _POSE_MODEL.match(enc.pose_model):
+        settings["rk4_steps"] = int(_POSE_MODEL.match(enc.pose_model).group(1))  # where v1 readers look
+    meta = {"format": FORMAT, "format_version": "1", "generator_fingerprint": enc.generator_fingerprint,
+            "resolution": str(enc.resolution), "fps": repr(enc.fps), "num_frames": str(enc.num_frames),
+            "channels": json.dumps(list(enc.channels)), "pose_model": enc.pose_model, "settings": _json(settings)}
+    if enc.frame_size is not None:
+        meta["frame_size"] = json.dumps(list(enc.frame_size))
+    return tensors, meta
+
+
+def _contents_v2(enc: Encoding, path: str) -> tuple[dict, dict]:
+    if enc.cond_src is None:
+        raise EncodingError(f"cannot save encoding {path}: the identity has no StyleFlow condition (cond_src)")
+    tensors = {"identity.id_latent": enc.id_latent, "identity.cond_src": enc.cond_src,
+               "motion.frames": _frames_float16(enc, path, enc.offsets), "motion.offset_scale": enc.offset_scale}
+    if enc.quad is not None:
+        tensors["motion.quad"] = enc.quad
+    identity = {"generator_fingerprint": enc.generator_fingerprint, "styleflow_fingerprint": enc.styleflow_fingerprint,
+                "resolution": enc.resolution, "pose_model": enc.pose_model}
+    motion = {"num_frames": enc.num_frames, "fps": enc.fps, "channels": list(enc.channels),
+              "columns": list(POSE_COLUMNS) + ["offsets"], "offset_units": "offset_scale",
+              "frame_size": None if enc.frame_size is None else list(enc.frame_size)}
+    meta = {"format": FORMAT, "format_version": "2", "identity": _json(identity), "motion": _json(motion),
+            "settings": _json(enc.settings)}
+    return tensors, meta
+
+
+def save_encoding(path: str, enc: Encoding, version: str = FORMAT_VERSION) -> None:
+    """Write `enc` to `path` atomically (temp file in the same directory, fsync, rename): a reader sees the
+    old file or the new one, never a partial one. Pose and offsets are stored as float16. `version` "1"
+    writes the first format (offsets converted to raw style units) for readers that know only that one. Equal
+    encodings give byte-identical files; a temporary left by a killed writer is removed by the next save."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise EncodingError(f"cannot save encoding {path}: directory {directory} does not exist")
     if os.path.isdir(path):
         raise EncodingError(f"cannot save encoding {path}: it is a directory")
-    tensors = {"id_latent": enc.id_latent, "frames": _frames_float16(enc, path)}
-    if enc.quad is not None:
-        tensors["quad"] = enc.quad
-    data = safetensors.numpy.save(tensors, metadata=_metadata(enc))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    if str(version) not in WRITABLE_VERSIONS:
+        raise EncodingError(f"cannot save encoding {path}: format version {version!r} is not one of "
+                            f"{', '.join(WRITABLE_VERSIONS)}")
+    tensors, meta = (_contents_v1 if str(version) == "1" else _contents_v2)(enc, path)
+    data = _serialise(tensors, meta)
+    from stylejax.io.atomic import Temporary
+
+    claim = None
     try:
-        with os.fdopen(fd, "wb") as f:
+        claim = Temporary(path, ".tmp")
+        with open(claim.path, "xb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an encoding is an ordinary user file
-        os.replace(tmp, path)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(err, OSError):
-            raise EncodingError(f"cannot save encoding {path}: {err.strerror or err}") from None
-        raise
+        os.replace(claim.path, path)
+    except OSError as err:
+        raise EncodingError(f"cannot save encoding {path}: {err.strerror or err}") from None
+    finally:
+        if claim is not None:
+            claim.release()
     try:  # make the rename itself durable; not every filesystem lets a directory be opened
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
@@ -248,6 +396,24 @@ def _read_container(path: str) -> tuple[dict, dict]:
     return tensors, meta if isinstance(meta, dict) else {}
 
 
+def is_encoding_file(path: str) -> bool:
+    """Whether `path` is a stylejax encoding by its header (the kind of file `save_encoding` writes, so the only
+    kind an encoding output may replace with --overwrite); reads at most the header."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return False
+            (n,) = struct.unpack("<Q", head)
+            if n > _MAX_HEADER:
+                return False
+            header = json.loads(f.read(n).decode("utf-8"))
+    except (OSError, ValueError):
+        return False
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
 def _json_field(meta: dict, key: str, kind: type, fail):
     try:
         value = json.loads(meta[key])
@@ -258,8 +424,65 @@ def _json_field(meta: dict, key: str, kind: type, fail):
     return value
 
 
+def _fields_v1(tensors: dict, meta: dict, fail) -> dict:
+    missing = [k for k in ("id_latent", "frames") if k not in tensors]
+    if missing:
+        raise fail(f"missing tensor(s) {', '.join(repr(k) for k in missing)}")
+    missing = [k for k in ("generator_fingerprint", "resolution", "fps", "num_frames", "channels", "pose_model",
+                           "settings") if k not in meta]
+    if missing:
+        raise fail(f"missing metadata field(s) {', '.join(repr(k) for k in missing)}")
+    settings = _json_field(meta, "settings", dict, fail)
+    cond = settings.get("cond_src")
+    try:  # v1 kept the identity's condition in the settings; a malformed one is checked as cond_src below
+        cond = None if cond is None else np.asarray(cond, np.float32)
+    except (TypeError, ValueError):
+        raise fail("settings 'cond_src' is not a list of numbers") from None
+    fp = settings.get("styleflow_fingerprint")
+    return dict(tensors={"id_latent": "id_latent", "frames": "frames", "quad": "quad"}, cond_src=cond,
+                offset_scale=None, generator_fingerprint=meta["generator_fingerprint"],
+                styleflow_fingerprint=fp if isinstance(fp, str) else None, resolution=meta["resolution"],
+                fps=meta["fps"], num_frames=meta["num_frames"], channels=_json_field(meta, "channels", list, fail),
+                pose_model=meta["pose_model"], settings=settings,
+                frame_size=_json_field(meta, "frame_size", list, fail) if "frame_size" in meta else None)
+
+
+def _fields_v2(tensors: dict, meta: dict, fail) -> dict:
+    missing = [k for k in ("identity.id_latent", "identity.cond_src", "motion.frames", "motion.offset_scale")
+               if k not in tensors]
+    if missing:
+        raise fail(f"missing tensor(s) {', '.join(repr(k) for k in missing)}")
+    missing = [k for k in ("identity", "motion", "settings") if k not in meta]
+    if missing:
+        raise fail(f"missing metadata field(s) {', '.join(repr(k) for k in missing)}")
+    identity, motion = _json_field(meta, "identity", dict, fail), _json_field(meta, "motion", dict, fail)
+    for part, keys, found in (("identity", ("generator_fingerprint", "styleflow_fingerprint", "resolution",
+                                            "pose_model"), identity),
+                              ("motion", ("num_frames", "fps", "channels", "frame_size"), motion)):
+        missing = [k for k in keys if k not in found]
+        if missing:
+            raise fail(f"metadata {part!r} lacks {', '.join(repr(k) for k in missing)}")
+    if not isinstance(motion["channels"], list):
+        raise fail("metadata field 'motion.channels' is not a JSON list")
+    if motion["frame_size"] is not None and not isinstance(motion["frame_size"], list):
+        raise fail("metadata field 'motion.frame_size' is not a JSON list")
+    for part, key, found in (("identity", "generator_fingerprint", identity), ("identity", "pose_model", identity)):
+        if not isinstance(found[key], str):
+            raise fail(f"metadata field '{part}.{key}' is not a string")
+    fp = identity["styleflow_fingerprint"]
+    if fp is not None and not isinstance(fp, str):
+        raise fail("metadata field 'identity.styleflow_fingerprint' is not a string")
+    return dict(tensors={"id_latent": "identity.id_latent", "frames": "motion.frames", "quad": "motion.quad",
+                         "cond_src": "identity.cond_src", "offset_scale": "motion.offset_scale"},
+                cond_src=None, offset_scale=None, generator_fingerprint=identity["generator_fingerprint"],
+                styleflow_fingerprint=fp, resolution=identity["resolution"], fps=motion["fps"],
+                num_frames=motion["num_frames"], channels=motion["channels"], pose_model=identity["pose_model"],
+                settings=_json_field(meta, "settings", dict, fail), frame_size=motion["frame_size"])
+
+
 def load_encoding(path: str, expected_fingerprint: str | None = None) -> Encoding:
-    """Read an encoding; with `expected_fingerprint`, refuse one made with a different generator."""
+    """Read an encoding (format version 1 or 2); with `expected_fingerprint`, refuse one made with a different
+    generator."""
     path = os.fspath(path)
     fail = lambda why: EncodingError(f"cannot read encoding {path}: {why}")
     tensors, meta = _read_container(path)
@@ -270,41 +493,37 @@ def load_encoding(path: str, expected_fingerprint: str | None = None) -> Encodin
     if version not in READABLE_VERSIONS:
         raise fail(f"format version {version!r} is not supported: this stylejax reads version(s) "
                    f"{', '.join(READABLE_VERSIONS)}; upgrade stylejax to read it")
-    missing = [k for k in ("id_latent", "frames") if k not in tensors]
-    if missing:
-        raise fail(f"missing tensor(s) {', '.join(repr(k) for k in missing)}")
-    missing = [k for k in ("generator_fingerprint", "resolution", "fps", "num_frames", "channels", "pose_model",
-                           "settings") if k not in meta]
-    if missing:
-        raise fail(f"missing metadata field(s) {', '.join(repr(k) for k in missing)}")
-    fingerprint = meta["generator_fingerprint"]
+    f = (_fields_v1 if version == "1" else _fields_v2)(tensors, meta, fail)
+    fingerprint = f["generator_fingerprint"]
     if expected_fingerprint is not None and fingerprint != expected_fingerprint:
         raise EncodingError(f"encoding {path} was encoded with generator {fingerprint}, this generator is "
                             f"{expected_fingerprint}: render with the generator used to encode")
-    channels = _json_field(meta, "channels", list, fail)
-    settings = _json_field(meta, "settings", dict, fail)
-    frame_size = _json_field(meta, "frame_size", list, fail) if "frame_size" in meta else None
     try:
-        resolution, fps, num_frames = int(meta["resolution"]), float(meta["fps"]), int(meta["num_frames"])
-    except ValueError:
+        resolution, fps, num_frames = int(f["resolution"]), float(f["fps"]), int(f["num_frames"])
+    except (TypeError, ValueError):
         raise fail("metadata fields 'resolution', 'fps', 'num_frames' must be numbers") from None
-    frames, id_latent, quad = tensors["frames"], tensors["id_latent"], tensors.get("quad")
-    for name, arr, dtype in (("frames", frames, np.float16), ("id_latent", id_latent, np.float32),
-                             ("quad", quad, np.float32)):
-        if arr is not None and arr.dtype != dtype:
-            raise fail(f"tensor {name!r} is {arr.dtype}, expected {np.dtype(dtype)}")
+    names, channels = f["tensors"], f["channels"]
+    arrays = {k: tensors.get(name) for k, name in names.items()}
+    for key, dtype in (("frames", np.float16), ("id_latent", np.float32), ("quad", np.float32),
+                       ("cond_src", np.float32), ("offset_scale", np.float32)):
+        if arrays.get(key) is not None and arrays[key].dtype != dtype:
+            raise fail(f"tensor {names[key]!r} is {arrays[key].dtype}, expected {np.dtype(dtype)}")
+    frames = arrays["frames"]
     if frames.ndim != 2 or frames.shape[1] != 3 + len(channels):
-        raise fail(f"tensor 'frames' has shape {list(frames.shape)}, expected [T, {3 + len(channels)}] "
+        raise fail(f"tensor {names['frames']!r} has shape {list(frames.shape)}, expected [T, {3 + len(channels)}] "
                    f"(3 pose columns + {len(channels)} channels)")
     if frames.shape[0] != num_frames:
-        raise fail(f"tensor 'frames' has {frames.shape[0]} rows but num_frames is {num_frames}")
-    for name, arr in (("frames", frames), ("id_latent", id_latent), ("quad", quad)):
+        raise fail(f"tensor {names['frames']!r} has {frames.shape[0]} rows but num_frames is {num_frames}")
+    for key, arr in arrays.items():
         if arr is not None and not np.isfinite(arr).all():
-            raise fail(f"tensor {name!r} has non-finite values")
+            raise fail(f"tensor {names[key]!r} has non-finite values")
     frames = frames.astype(np.float32)
+    cond = arrays["cond_src"] if "cond_src" in names else f["cond_src"]
     try:
-        return Encoding(id_latent=id_latent, pose_deg=frames[:, :3], offsets=frames[:, 3:], channels=tuple(channels),
-                        fps=fps, resolution=resolution, generator_fingerprint=fingerprint,
-                        pose_model=meta["pose_model"], settings=settings, quad=quad, frame_size=frame_size)
+        return Encoding(id_latent=arrays["id_latent"], pose_deg=frames[:, :3], offsets=frames[:, 3:],
+                        channels=tuple(channels), fps=fps, resolution=resolution, generator_fingerprint=fingerprint,
+                        pose_model=f["pose_model"], settings=f["settings"], quad=arrays["quad"],
+                        frame_size=f["frame_size"], cond_src=cond, styleflow_fingerprint=f["styleflow_fingerprint"],
+                        offset_scale=arrays.get("offset_scale"))
     except EncodingError as err:
         raise fail(str(err).removeprefix("invalid encoding: ")) from None

@@ -2,8 +2,7 @@
 from the alignment.
 
 For frame t, ws_t = the StyleFlow pose edit of the identity latent from cond_src to yaw = src_yaw + yaw_t,
-pitch = src_pitch + pitch_t (W+ rows `pose_rows`, 0-3 as StyleFlow does for pose; see
-`stylejax.decoder.pose_latents`), and (yaw_t, pitch_t) minimise LPIPS + L2 between G(ws_t) and the aligned
+pitch = src_pitch + pitch_t (W+ rows 0-3, as StyleFlow does for pose; see `stylejax.decoder.pose_latents`), and (yaw_t, pitch_t) minimise LPIPS + L2 between G(ws_t) and the aligned
 frame; all frames of a chunk in one jitted step. They start from the landmark pose relative to the identity
 frame. Yaw and pitch are stored relative to the identity frame (the identity renders at 0, 0), so an encoding
 can drive another face.
@@ -36,7 +35,7 @@ import numpy as np
 import optax
 
 from stylejax import losses
-from stylejax.decoder import COND_DIM, pose_latents, row_range
+from stylejax.decoder import COND_DIM, pose_latents
 from stylejax.errors import PipelineError
 from stylejax.io import atomic
 from stylejax.nets.styleflow import PITCH_INDEX, YAW_INDEX
@@ -47,10 +46,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CONDITION_DATA = os.path.join(REPO, "configs", "styleflow_condition.json")
 
 
-def loss_fn(config, loss_size, dtype, rows=(0, 4)):
+def loss_fn(config, loss_size, dtype):
     def loss(params, nets, batch):
         ws = pose_latents(nets["styleflow"], nets["id_latent"], nets["cond_src"], params["yaw"], params["pitch"],
-                          int(config.rk4_steps), rows)
+                          int(config.rk4_steps))
         img = nets["generator"].synthesize(ws, "const", dtype=dtype)
         return losses.reconstruction(losses.resize(img, loss_size), batch["target"], nets["lpips"],
                                      config.lpips_weight, config.l2_weight)
@@ -151,7 +150,6 @@ def run(ctx):
     if ctx.nets.styleflow is None:
         raise PipelineError("the head_pose stage needs StyleFlow: pass --styleflow DIR (python -m convert styleflow)")
     g, flow = ctx.nets.generator, ctx.nets.styleflow
-    rows = row_range(cfg.pose_rows, g.config.num_ws, "--config.head_pose.pose_rows")
     data = condition_data(cfg.condition_data)
     sig = signature(ctx, "head_pose", ctx.nets.fingerprint("generator"), ctx.nets.fingerprint("styleflow"),
                     ctx.nets.fingerprint("lpips"), {k: np.asarray(v).tolist() for k, v in data.items()})
@@ -190,8 +188,7 @@ def run(ctx):
     nets = {"generator": g, "lpips": ctx.nets.lpips, "styleflow": flow, "id_latent": jnp.asarray(id_latent),
             "cond_src": jnp.asarray(cond_src)}
     resize = jax.jit(losses.resize, static_argnums=1)
-    latents = jax.jit(lambda flow, id_latent, cond, y, p: pose_latents(flow, id_latent, cond, y, p,
-                                                                        int(cfg.rk4_steps), rows))
+    latents = jax.jit(lambda flow, id_latent, cond, y, p: pose_latents(flow, id_latent, cond, y, p, int(cfg.rk4_steps)))
 
     def make_batch(lo, hi):
         return {"frames": ctx.target(lo, hi), "start": init[lo:hi], "roll": roll_rel[lo:hi]}
@@ -205,11 +202,11 @@ def run(ctx):
         return {"pose.npy": np.stack([params["yaw"], params["pitch"], np.asarray(batch["roll"])], axis=1),
                 "ws_pose.npy": latents(flow, nets["id_latent"], nets["cond_src"], yaw, pitch)}
 
-    opt = Optimiser(loss_fn(cfg, ctx.loss_size, dtype, rows), cfg.lr, cfg.steps, ctx.microbatch)
+    opt = Optimiser(loss_fn(cfg, ctx.loss_size, dtype), cfg.lr, cfg.steps, ctx.microbatch)
     out = run_chunks(ctx, "head_pose", opt, nets, make_batch, start, finish,
                      outputs={"pose.npy": ((3,), np.float32), "ws_pose.npy": ((g.config.num_ws, g.config.w_dim), np.float32)})
     pose, mean_loss = out["pose.npy"], float(np.mean(out["loss.npy"]))
-    wd.mark_done("head_pose", sig, frames=t, mean_loss=mean_loss, roll=roll_note, pose_rows=list(rows))
+    wd.mark_done("head_pose", sig, frames=t, mean_loss=mean_loss, roll=roll_note)
     ctx.log(f"[head_pose] yaw {np.min(pose[:, 0]):+.1f}..{np.max(pose[:, 0]):+.1f} deg, pitch "
             f"{np.min(pose[:, 1]):+.1f}..{np.max(pose[:, 1]):+.1f}, roll {np.min(roll_rel):+.1f}.."
             f"{np.max(roll_rel):+.1f} ({roll_note}); mean loss {mean_loss:.4f}")

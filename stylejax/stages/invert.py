@@ -15,12 +15,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from stylejax import losses, parallel
-from stylejax.decoder import row_range
 from stylejax.errors import PipelineError
 from stylejax.optimize import Optimiser
 from stylejax.stages.base import run_chunks, signature
 
 E4E_SIZE = 256  # e4e's input resolution (its map2style depths assume 256² inputs)
+
+
+def row_range(rows, num_ws, what):
+    """A range of W+ rows as a (start, stop) tuple, checked against the generator's `num_ws`; `what` names the
+    setting in the error."""
+    try:
+        start, stop = (int(v) for v in rows)
+    except (TypeError, ValueError):
+        raise PipelineError(f"{what} must be two integers (start, stop), got {rows!r}") from None
+    if not 0 <= start < stop <= num_ws:
+        raise PipelineError(f"{what} ({start}, {stop}) is not a range of W+ rows inside [0, {num_ws}): give start < "
+                            f"stop <= {num_ws}")
+    return start, stop
 
 
 def latents(params, num_ws):

@@ -1,6 +1,5 @@
 """The head_pose stage's conventions: the identity's StyleFlow source condition (the flow's full likelihood,
-started from StyleFlow's data mean, kept inside the data's range), the roll of crops that kept it, and the W+
-rows of the pose edit (config -> encoding -> renderer)."""
+started from StyleFlow's data mean, kept inside the data's range) and the roll of crops that kept it."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,9 +7,7 @@ import pytest
 
 import tiny_encoder
 from stylejax import demo
-from stylejax.decoder import iter_renders, pose_latents, row_range
 from stylejax.errors import UserError
-from stylejax.io.encoding import Encoding
 from stylejax.nets.styleflow import PITCH_INDEX, YAW_INDEX, StyleFlow, StyleFlowConfig
 from stylejax.stages import head_pose
 
@@ -114,32 +111,6 @@ def test_roll_of_crops_that_kept_it_is_not_reapplied():
     np.testing.assert_array_equal(kept, np.zeros(3))  # the crops show the roll: rendering it again doubles it
     assert note == "kept in the crops (keep_roll): not re-applied"
     assert head_pose.relative_roll({}, 3, 0)[1] == "no roll in the transforms: 0"
-
-
-def test_renderer_honours_the_encodings_pose_rows():
-    g, _, flow, _ = tiny_encoder.networks()
-    id_latent, pose, offsets, channels = demo.ground_truth(g, flow, 4)
-    cond = np.zeros(17, np.float32)
-    yaw, pitch = jnp.asarray(pose[:, 0]), jnp.asarray(pose[:, 1])
-    wide = np.asarray(pose_latents(flow, jnp.asarray(id_latent), jnp.asarray(cond), yaw, pitch, 8, rows=(0, 6)))
-    narrow = np.asarray(pose_latents(flow, jnp.asarray(id_latent), jnp.asarray(cond), yaw, pitch, 8))
-    np.testing.assert_array_equal(wide[:, :4], narrow[:, :4])  # the flow is row-wise: rows 0-3 as before
-    assert np.abs(wide[:, 4:6] - id_latent[4:6]).max() > 1e-3 and np.all(narrow[:, 4:] == id_latent[4:])
-
-    def render(rows):
-        enc = Encoding(id_latent=id_latent, pose_deg=pose, offsets=np.zeros_like(offsets), channels=tuple(channels),
-                       fps=25.0, resolution=g.config.resolution, generator_fingerprint="0" * 16, pose_model="test",
-                       settings={"cond_src": cond.tolist(), "rk4_steps": 8, "pose_rows": rows})
-        return np.concatenate([img for _, _, img in iter_renders(enc, g, flow, chunk=4)])
-
-    expected = np.asarray(g.synthesize(jnp.asarray(wide), "const"))
-    # the renderer's program differs from this one (styles path, jit): float32 rounding only, ~1e-6
-    np.testing.assert_allclose(render([0, 6]), expected, rtol=0, atol=1e-4)
-    assert np.abs(render([0, 4]) - expected).max() > 1e-3
-    with pytest.raises(UserError, match=r"the encoding's settings.pose_rows \(0, 99\) is not a range of W\+ rows "
-                                        r"inside \[0, 8\)"):
-        render([0, 99])
-    assert row_range((2, 5), 8) == (2, 5)
 
 
 def test_closed_loop_with_a_non_zero_true_condition(tmp_path):

@@ -64,7 +64,7 @@ def test_refinement_keeps_the_regularised_rows_near_the_anchor(problem):
 
 def test_bad_settings_are_one_line_errors(tmp_path):
     from stylejax import demo, pipeline
-    from stylejax.errors import PipelineError, UserError
+    from stylejax.errors import PipelineError
 
     g, e4e, flow, lp = tiny_encoder.networks()
     workdir = pipeline.Workdir(str(tmp_path / "w"))
@@ -76,5 +76,5 @@ def test_bad_settings_are_one_line_errors(tmp_path):
     with pytest.raises(PipelineError, match=r"^--config.invert.reg must be 'none', 'e4e' or 'w_avg', got 'l1'$"):
         invert.run(pipeline.make_context(workdir, nets, cfg))
     cfg.invert.reg, cfg.invert.reg_rows = "e4e", (3, 2)
-    with pytest.raises(UserError, match=r"^--config.invert.reg_rows \(3, 2\) is not a range of W\+ rows"):
+    with pytest.raises(PipelineError, match=r"^--config.invert.reg_rows \(3, 2\) is not a range of W\+ rows"):
         invert.run(pipeline.make_context(workdir, nets, cfg))
