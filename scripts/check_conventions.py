@@ -14,7 +14,8 @@ networks (docs/encoder.md, "Conventions real weights would expose"). This prints
                     (w -> z) and batch-norm statistics are converted right.
   w_avg_rows        e4e's W+ of the frames (or of generator samples without frames): the mean squared distance
                     of rows 0-3 to w_avg, as a multiple of a random W sample's (about 1 or below: in
-                    distribution; StyleFlow's pose edit reads these rows).
+                    distribution; StyleFlow's pose edit reads these rows). w_avg_rows_refined: the same for
+                    the encoder's refined W+ when --aligned is an encode work directory with invert/ws.npy.
   source_condition  the identity's StyleFlow condition found by the encoder's "map" method
                     (stages.head_pose.source_condition), each entry against StyleFlow's data range; entries at a
                     bound of the range mean the flow prefers conditions outside StyleFlow's data.
@@ -43,7 +44,8 @@ PSI = 0.7
 
 
 def define_flags(fv):
-    flags.DEFINE_string("generator", None, "converted StyleGAN2 generator (python -m convert stylegan2)", flag_values=fv)
+    flags.DEFINE_string("generator", None, "converted StyleGAN2 generator (python -m convert stylegan2)",
+                        flag_values=fv)
     flags.DEFINE_string("styleflow", None, "converted StyleFlow (python -m convert styleflow)", flag_values=fv)
     flags.DEFINE_string("e4e", None, "converted e4e encoder (python -m convert e4e)", flag_values=fv)
     flags.DEFINE_string("aligned", None, "aligned frames: an encode work directory, an align/ folder or a "
@@ -75,7 +77,7 @@ def load_frames(args, size):
         tmp = tempfile.mkdtemp(prefix="check_conventions_")
         try:
             align_video(args.video, os.path.join(tmp, "align"), size=int(size), log=lambda msg: None)
-            return read_aligned(os.path.join(tmp, "align", "frames.npy"), args.frames)
+            return read_aligned(os.path.join(tmp, "align", "frames.npy"), args.frames)[:2]
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     if args.aligned:
@@ -86,12 +88,26 @@ def load_frames(args, size):
         if not os.path.isfile(path):
             raise UserError(f"--aligned {args.aligned}: no frames.npy there; give an encode work directory, an "
                             "align/ folder or a frames.npy")
-        return read_aligned(path, args.frames)
+        return read_aligned(path, args.frames)[:2]
     return None, None
 
 
+def refined_latents(args):
+    """The encoder's refined W+ (`WORKDIR/invert/ws.npy`) of the frames --aligned picks, when --aligned is an
+    encode work directory that has them; else None."""
+    if not args.aligned or not os.path.isfile(os.path.join(args.aligned, "invert", "ws.npy")):
+        return None
+    path = os.path.join(args.aligned, "align", "frames.npy")
+    if not os.path.isfile(path):
+        return None
+    pick = read_aligned(path, args.frames)[2]
+    ws = np.load(os.path.join(args.aligned, "invert", "ws.npy"), mmap_mode="r")
+    return np.asarray(ws[pick]) if len(ws) > pick.max() else None
+
+
 def read_aligned(path, count):
-    """At most `count` evenly spaced frames of an aligned frames.npy (a copy) and their landmark pose."""
+    """At most `count` evenly spaced frames of an aligned frames.npy (a copy), their landmark pose and their
+    indices."""
     from stylejax.io.transforms import load_transforms
     from stylejax.io.video import load_frames as load_npy
 
@@ -104,7 +120,7 @@ def read_aligned(path, count):
 
         tf = load_transforms(tf_path)
         pose = landmark_pose(tf, len(frames))[pick]
-    return np.asarray(frames[pick]), pose
+    return np.asarray(frames[pick]), pose, pick
 
 
 def torgb_styles(g, w):
@@ -183,7 +199,8 @@ def pose_edit(g, flow, id_latent, cond, edit):
         slope = float((pose[b, column] - pose[a, column]) / (2 * edit))
         out[f"{name}_slope"] = slope
         out[f"{name}_sign"] = 1.0 if slope > 0 else -1.0
-    out["verdict"] = (f"landmark degrees per edit degree: yaw {out['yaw_slope']:+.2f}, pitch {out['pitch_slope']:+.2f}; "
+    out["verdict"] = (f"landmark degrees per edit degree: yaw {out['yaw_slope']:+.2f}, pitch "
+                      f"{out['pitch_slope']:+.2f}; "
                       f"set --config.head_pose.yaw_sign={out['yaw_sign']:+g} and pitch_sign={out['pitch_sign']:+g} "
                       "(|slope| far from 1: StyleFlow's degrees are not the landmarks' degrees)")
     return out
@@ -204,12 +221,11 @@ def run(args):
     g, flow, e4e = nets.generator, nets.styleflow, nets.e4e
     frames, lpose = load_frames(args, g.config.resolution)
     data = head_pose.condition_data()
-    key = jax.random.PRNGKey(args.seed)
-    w = np.asarray(g.mapping(jax.random.normal(key, (args.samples, g.config.z_dim))))
+    z = jax.random.normal(jax.random.PRNGKey(args.seed), (args.samples, g.config.z_dim))
+    w = np.asarray(g.mapping(z))
     w_avg = np.asarray(g.buffers["mapping"]["w_avg"])
-    typical = float(np.mean(np.square(w[:, 0] - w_avg)))
-    report = {"torgb_styles": torgb_styles(g, np.asarray(g.mapping(jax.random.normal(key, (args.samples, g.config.z_dim)),
-                                                                   truncation_psi=PSI))),
+    typical = float(np.mean(np.square(w[:, 0] - w_avg)))  # a random W sample's distance to the mean
+    report = {"torgb_styles": torgb_styles(g, np.asarray(g.mapping(z, truncation_psi=PSI))),
               "flow_prior": flow_prior(flow, w, data["mean"])}
 
     if frames is None:
@@ -221,11 +237,16 @@ def run(args):
         images = jnp.asarray(frames.astype(np.float32) / 127.5 - 1.0)
     ws = np.asarray(jax.jit(encode_e4e)(e4e, images))
     report["w_avg_rows"] = dict(w_avg_rows(ws, w_avg, typical), source=f"e4e W+ of {source}")
+    refined = refined_latents(args)
+    if refined is not None:
+        report["w_avg_rows_refined"] = dict(w_avg_rows(refined, w_avg, typical),
+                                            source=f"the work directory's refined W+ (invert/ws.npy) of {source}")
     off = np.where(np.isfinite(lpose[:, :2]).all(1), np.hypot(lpose[:, 0], lpose[:, 1]), np.inf)
     ident = int(np.argmin(off)) if np.isfinite(off).any() else 0
     src = lpose[ident, :2] if np.isfinite(off[ident]) else np.zeros(2)
-    probes = None if args.condition_probes <= 0 else np.where(
-        np.random.RandomState(args.seed).rand(args.condition_probes, g.config.w_dim) < 0.5, -1.0, 1.0).astype(np.float32)
+    k = args.condition_probes
+    probes = None if k <= 0 else np.where(np.random.RandomState(args.seed).rand(k, g.config.w_dim) < 0.5, -1.0,
+                                          1.0).astype(np.float32)  # fixed Rademacher probes
     cond, info = head_pose.source_condition(flow, ws[ident], float(src[0]), float(src[1]), "map", data,
                                             steps=args.condition_steps, probes=probes)
     edge = [n for n, e in info["entries"].items() if e["fraction_of_range"] < 0.02 or e["fraction_of_range"] > 0.98]

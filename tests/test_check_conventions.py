@@ -32,11 +32,16 @@ def test_reports_every_check_on_random_networks(script, nets_dir, tmp_path, caps
     truth = demo.ground_truth(g, flow, 4)
     frames = demo.synthesise(g, flow, *truth, 8)
     workdir = demo.synthetic_workdir(str(tmp_path / "workdir"), frames, truth[1])
+    workdir.dir("invert")  # "refined" latents at w_avg itself: rows 0-3 at distance 0
+    w_avg = np.asarray(g.buffers["mapping"]["w_avg"])
+    np.save(workdir.file("invert", "ws.npy"), np.broadcast_to(w_avg, (4, g.config.num_ws, g.config.w_dim)))
     argv = ["--generator", nets_dir["generator"], "--styleflow", nets_dir["styleflow"], "--e4e", nets_dir["e4e"],
             "--aligned", workdir.path, "--frames", "3", "--samples", "64", "--condition-steps", "5", "--json"]
     assert script.main(argv) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(report) == {"torgb_styles", "flow_prior", "w_avg_rows", "source_condition", "pose_edit", "message"}
+    assert set(report) == {"torgb_styles", "flow_prior", "w_avg_rows", "w_avg_rows_refined", "source_condition",
+                           "pose_edit", "message"}
+    assert report["w_avg_rows_refined"]["ratio_per_frame"] == [0.0, 0.0, 0.0]
 
     # the demo generator's affine biases are 1 (random init), so its ToRGB styles average about 1: the check
     # flags what would be a doubled +1 on real weights

@@ -2,8 +2,8 @@
 from the alignment.
 
 For frame t, ws_t = the StyleFlow pose edit of the identity latent from cond_src to yaw = src_yaw + yaw_t,
-pitch = src_pitch + pitch_t (W+ rows 0-3, as StyleFlow does for pose; see `stylejax.decoder.pose_latents`), and (yaw_t, pitch_t) minimise LPIPS + L2 between G(ws_t) and the aligned
-frame; all frames of a chunk in one jitted step. They start from the landmark pose relative to the identity
+pitch = src_pitch + pitch_t (W+ rows 0-3, as StyleFlow does for pose; see `stylejax.decoder.pose_latents`),
+and (yaw_t, pitch_t) minimise LPIPS + L2 between G(ws_t) and the aligned frame; all frames of a chunk in one jitted step. They start from the landmark pose relative to the identity
 frame. Yaw and pitch are stored relative to the identity frame (the identity renders at 0, 0), so an encoding
 can drive another face.
 
