@@ -66,25 +66,26 @@ def choose(loss, pose, max_yaw_deg, max_pitch_deg, forced=-1, expression=None, n
     known = np.isfinite(pose[:, :2]).all(axis=1)
     frontal = known & (np.abs(pose[:, 0]) <= max_yaw_deg) & (np.abs(pose[:, 1]) <= max_pitch_deg)
     if frontal.any():
-        candidates, reason = np.flatnonzero(frontal), "near-frontal frames"
+        candidates = np.flatnonzero(frontal)
+        pool = f"the {len(candidates)} near-frontal frames"
     elif known.any():
         off = np.where(known, np.hypot(pose[:, 0], pose[:, 1]), np.inf)
-        candidates, reason = np.flatnonzero(off <= off.min() + 5.0), "the most frontal frames"
+        candidates = np.flatnonzero(off <= off.min() + 5.0)
+        pool = f"the {len(candidates)} most frontal frames (none within the near-frontal bounds)"
     else:
-        candidates, reason = np.arange(t), "all frames (no landmark pose)"
+        candidates, pool = np.arange(t), f"all {t} frames (no landmark pose)"
     details = {"candidates": int(len(candidates))}
+    reason = f"lowest inversion loss among {pool}"
     if neutral_margin is not None and expression is not None:
         score = np.sum(np.asarray(expression, np.float64)[candidates], axis=1)  # NaN where either is unknown
         if np.isfinite(score).any():
             neutral = candidates[score <= np.nanmin(score) + float(neutral_margin)]
             details.update(neutral_candidates=int(len(neutral)), neutral_margin=float(neutral_margin))
             reason = (f"lowest inversion loss among the {len(neutral)} most neutral (mouth opening + eye closure "
-                      f"within {float(neutral_margin):g} of the lowest) of {len(candidates)} {reason}")
+                      f"within {float(neutral_margin):g} of the lowest) of {pool}")
             candidates = neutral
         else:
-            reason = f"lowest inversion loss among {len(candidates)} {reason} (no landmarks for the expression)"
-    else:
-        reason = f"lowest inversion loss among {len(candidates)} {reason}"
+            reason += "; no eye or lip landmarks for the expression"
     return int(candidates[np.argmin(np.asarray(loss)[candidates])]), reason, details
 
 

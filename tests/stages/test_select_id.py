@@ -53,7 +53,7 @@ def test_choose_prefers_a_neutral_frontal_frame():
     # frames 1 and 3 are within 0.05 of the most neutral (0.01): the lower loss of the two
     assert frame == 3 and details == {"candidates": 4, "neutral_candidates": 2, "neutral_margin": 0.05}
     assert reason == ("lowest inversion loss among the 2 most neutral (mouth opening + eye closure within 0.05 "
-                      "of the lowest) of 4 near-frontal frames")
+                      "of the lowest) of the 4 near-frontal frames")
     # without the expression: the lowest loss among the near-frontal frames (the talking frame)
     assert select_id.choose(loss, pose, 10.0, 10.0, expression=expression)[0] == 0
     # frames whose expression is unknown are not neutral candidates while others are known...
@@ -63,7 +63,8 @@ def test_choose_prefers_a_neutral_frontal_frame():
     # ...and when none is known the loss decides, and the reason says why
     frame, reason, _ = select_id.choose(loss, pose, 10.0, 10.0, expression=np.full((5, 2), np.nan),
                                         neutral_margin=0.05)
-    assert frame == 0 and reason.endswith("(no landmarks for the expression)")
+    assert (frame, reason) == (0, "lowest inversion loss among the 4 near-frontal frames; no eye or lip landmarks "
+                                  "for the expression")
     assert select_id.choose(loss, pose, 10.0, 10.0, forced=2, expression=expression,
                             neutral_margin=0.05) == (2, "forced", {})
 
