@@ -34,6 +34,13 @@ def landmark_pose(transforms, num_frames):
                       np.float32)
 
 
+def check_forced(forced, num_frames):
+    """Refuses a forced identity frame past the end of the video (before any stage runs, and in `choose`)."""
+    if forced >= num_frames:
+        raise PipelineError(f"--id-frame {forced} is out of range: the video has {num_frames} frames "
+                            f"(0..{num_frames - 1})")
+
+
 def expression_scores(landmarks):
     """[T, 2] (mouth opening, eye closure) from dlib-68 landmarks [T, 68, 2]; NaN where unknown.
 
@@ -60,20 +67,20 @@ def choose(loss, pose, max_yaw_deg, max_pitch_deg, forced=-1, expression=None, n
     (mouth opening, eye closure; NaN = unknown) or None; neutral_margin None = ignore the expression."""
     t = len(loss)
     if forced >= 0:
-        if forced >= t:
-            raise PipelineError(f"--id-frame {forced} is out of range: the video has {t} frames (0..{t - 1})")
+        check_forced(forced, t)
         return int(forced), "forced", {}
     known = np.isfinite(pose[:, :2]).all(axis=1)
     frontal = known & (np.abs(pose[:, 0]) <= max_yaw_deg) & (np.abs(pose[:, 1]) <= max_pitch_deg)
+    frames = lambda n: f"{n} frame" + ("s" if n != 1 else "")
     if frontal.any():
         candidates = np.flatnonzero(frontal)
-        pool = f"the {len(candidates)} near-frontal frames"
+        pool = f"the {frames(len(candidates)).replace(' ', ' near-frontal ')}"
     elif known.any():
         off = np.where(known, np.hypot(pose[:, 0], pose[:, 1]), np.inf)
         candidates = np.flatnonzero(off <= off.min() + 5.0)
-        pool = f"the {len(candidates)} most frontal frames (none within the near-frontal bounds)"
+        pool = f"the {frames(len(candidates)).replace(' ', ' most frontal ')} (none within the near-frontal bounds)"
     else:
-        candidates, pool = np.arange(t), f"all {t} frames (no landmark pose)"
+        candidates, pool = np.arange(t), f"all {frames(t)} (no landmark pose)"
     details = {"candidates": int(len(candidates))}
     reason = f"lowest inversion loss among {pool}"
     if neutral_margin is not None and expression is not None:
