@@ -137,15 +137,18 @@ def test_closed_loop_with_a_non_zero_true_condition(tmp_path):
     data = head_pose.condition_data()
     found = np.load(workdir.file("head_pose", "cond_src.npy"))
     assert json.load(open(workdir.file("head_pose", "condition.json")))["method"] == "map"
-    assert summary["id_frame"] == 0 and summary["id_frame_reason"].startswith("lowest inversion loss among "), summary
+    # frame 0 is the only one within the tiny config's 2° of frontal; the demo's lids and lips give it a score
+    assert summary["id_frame"] == 0 and summary["id_frame_reason"].startswith("lowest inversion loss among the 1 "
+                                                                              "most neutral"), summary
     # The condition: one 32-d latent (8 equal rows) identifies the strongly conditioned entries, the prior keeps
     # the rest near the data mean. Measured (16 frames) median |error| 0.072 of each entry's range for map,
-    # 0.088 for the data mean, 0.196 for zeros (the old default; the old 'map' stayed within ~5 units of it).
+    # 0.088 for the data mean, 0.196 for zeros (the old 'map', from zeros without the log-determinant and
+    # unbounded, gave 4.1).
     err = np.median(range_error(found, truth, data))
     assert err < 0.12 < np.median(range_error(np.zeros(17), truth, data)), err
-    # Re-synthesis and pose: the joint refinement absorbs what the condition gets wrong (measured on 16 frames
-    # with map / zeros / mean: PSNR 52.2 / 52.1 / 51.9 dB, max yaw error 0.83 / 0.90 / 0.86°, pitch 0.91 / 0.87 /
-    # 0.93°); bounds 45 dB (the demo's) and 1.5°
+    # Re-synthesis and pose: the joint refinement absorbs most of what the condition gets wrong (measured on 16
+    # frames with map / zeros / mean: PSNR 52.2 / 52.1 / 51.9 dB, max yaw error 0.97 / 1.28 / 1.11°, pitch 0.99 /
+    # 0.82 / 1.08°; docs/encoder.md); bounds 45 dB (the demo's) and 2°, 1.5x the worst seen
     assert summary["psnr_db_min"] > 45.0, summary
     err_pose = np.abs(enc.pose_deg[:, :2] - pose[:, :2])  # frame 0 is the identity: truth relative to it
-    assert err_pose.max() < 1.5, err_pose
+    assert err_pose.max() < 2.0, err_pose
