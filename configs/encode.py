@@ -26,11 +26,16 @@ def get_config():
     c.invert.lpips_weight = 1.0
     c.invert.l2_weight = 1.0
     c.invert.e4e_batch = 8    # frames per e4e call
+    c.invert.reg = "e4e"      # keep rows reg_rows near "e4e"'s W+ of the frame, or "w_avg"; "none": free refinement
+    c.invert.reg_weight = 0.01  # x mean squared distance (docs/encoder.md: measured trade-off)
+    c.invert.reg_rows = (0, 4)  # W+ rows [start, stop) regularised: the rows StyleFlow's pose edit reads
 
     c.select_id = ml_collections.ConfigDict()
     c.select_id.max_yaw_deg = 10.0    # near-frontal: |landmark yaw| and |pitch| below these
     c.select_id.max_pitch_deg = 10.0
     c.select_id.frame = -1            # force the identity frame (>= 0)
+    c.select_id.prefer_neutral = True # among those: a closed mouth and open eyes first (landmarks), then the loss
+    c.select_id.neutral_margin = 0.05 # expression scores (mouth opening / eye distance + eye closure) this close
 
     c.head_pose = ml_collections.ConfigDict()
     c.head_pose.steps = 60
@@ -38,8 +43,11 @@ def get_config():
     c.head_pose.lpips_weight = 1.0
     c.head_pose.l2_weight = 1.0
     c.head_pose.rk4_steps = 8         # StyleFlow RK4 steps (docs/networks.md: error vs N)
-    c.head_pose.condition = "map"     # identity frame's StyleFlow condition: "map" (max. likelihood) or "zeros"
+    c.head_pose.condition = "map"     # identity frame's StyleFlow condition: "map" (max. posterior), "mean", "zeros"
+    c.head_pose.condition_data = "default"  # StyleFlow's condition statistics (configs/styleflow_condition.json)
     c.head_pose.condition_steps = 100
+    c.head_pose.condition_lr = 0.1    # Adam on the logit of each entry's place in the data range
+    c.head_pose.condition_probes = 0  # log-determinant: 0 = exact (w_dim JVPs); K = K fixed Hutchinson probes
     c.head_pose.landmark_init = True  # start from the landmark pose relative to the identity frame
     c.head_pose.yaw_sign = "auto"     # landmark yaw/pitch -> StyleFlow yaw/pitch: "auto" (measured on the identity's
     c.head_pose.pitch_sign = "auto"   # renders, +1 when no face is found) or a number, e.g. "-1"

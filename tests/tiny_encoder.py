@@ -36,13 +36,15 @@ def nets(paths=None):
 
 def few_steps_config(chunk):
     """configs/encode_tiny.py with a handful of steps: runs that are compared with each other, not with the
-    truth. Also switches on what the tiny config leaves off, so the comparisons cover it: the flow's
-    maximum-likelihood source condition, landmark-weighted eye/mouth losses and the "auto" channel choice."""
+    truth. Also switches on what the tiny config leaves off, so the comparisons cover it: the inversion's
+    regulariser, the flow's maximum-posterior source condition, landmark-weighted eye/mouth losses and the
+    "auto" channel choice."""
     c = demo.load_config(demo.TINY_CONFIG)
     c.chunk_size = int(chunk)
     c.microbatch = 0
     c.invert.steps = 8
     c.head_pose.steps = 4
+    c.invert.reg = "e4e"
     c.head_pose.condition = "map"
     c.head_pose.condition_steps = 4
     c.attributes.steps = 8

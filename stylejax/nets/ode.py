@@ -10,16 +10,19 @@ import jax.numpy as jnp
 def rk4_solve(f, y0, t0, t1, steps):
     """Classic RK4 with `steps` equal steps from t0 to t1 (either direction)."""
     h = (t1 - t0) / steps
+    axpy = lambda a, x, y: jax.tree_util.tree_map(lambda xi, yi: yi + a * xi, x, y)  # y + a x, leaf-wise
 
     def step(y, i):
         t = t0 + i * h
         k1 = f(t, y)
-        k2 = f(t + h / 2, y + (h / 2) * k1)
-        k3 = f(t + h / 2, y + (h / 2) * k2)
-        k4 = f(t + h, y + h * k3)
-        return y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4), None
+        k2 = f(t + h / 2, axpy(h / 2, k1, y))
+        k3 = f(t + h / 2, axpy(h / 2, k2, y))
+        k4 = f(t + h, axpy(h, k3, y))
+        incr = jax.tree_util.tree_map(lambda a, b, c, d: a + 2 * b + 2 * c + d, k1, k2, k3, k4)
+        return axpy(h / 6, incr, y), None
 
-    y, _ = jax.lax.scan(step, y0, jnp.arange(steps, dtype=y0.dtype))
+    dtype = jax.tree_util.tree_leaves(y0)[0].dtype
+    y, _ = jax.lax.scan(step, y0, jnp.arange(steps, dtype=dtype))
     return y
 
 

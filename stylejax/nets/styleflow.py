@@ -18,8 +18,11 @@ Solvers
   the one to optimise through.
 
 The reference also integrates log p with a Hutchinson divergence estimate; editing does not need
-it, so it is dropped here. In torchdiffeq that extra state enters the step-size error norm, so our
-dopri5 takes slightly different (typically larger) steps; results differ at tolerance level.
+it, so `forward`/`reverse` drop it. In torchdiffeq that extra state enters the step-size error norm,
+so our dopri5 takes slightly different (typically larger) steps; results differ at tolerance level.
+`log_likelihood` integrates it (RK4, with the exact divergence or Hutchinson's estimate with fixed
+probes): log p(w | c) = log N(z; 0, I) + log|det dz/dw|, z = forward(w, c), per W+ row — the
+reference's training objective (`train_flow.py`: log N(z) - delta_logp, delta_logp = -log|det|).
 """
 import dataclasses
 from typing import Sequence, Tuple
@@ -138,6 +141,44 @@ def reverse(params, z, cond, solver="dopri5", steps=DEFAULT_RK4_STEPS, rtol=1e-5
     return (ws, nfe) if return_nfe else ws
 
 
+def _divergence(f, t, x, probes):
+    """(f(t, x), tr(df/dx) per row [B, R]) for x [B, R, D]; the flow acts on each row alone, so one JVP
+    with the same tangent on every row gives every row's Jacobian-vector product at once.
+    probes None: exact, one JVP per input dimension (D of them). probes [K, D]: Hutchinson's estimate
+    mean_k v_kᵀ J v_k (unbiased for Rademacher or Gaussian v_k; exact for the D vectors √D·e_i)."""
+    d = x.shape[-1]
+    fx, jvp = jax.linearize(lambda y: f(t, y), x)
+    if probes is None:
+        # column i of J on every row; the trace sums the diagonal entries J_ii
+        cols = jax.vmap(lambda e: jvp(jnp.broadcast_to(e, x.shape)))(jnp.eye(d, dtype=x.dtype))  # [D, B, R, D]
+        return fx, jnp.einsum("ibri->br", cols)
+    probes = jnp.asarray(probes, x.dtype)
+    jv = jax.vmap(lambda v: jvp(jnp.broadcast_to(v, x.shape)))(probes)  # [K, B, R, D]
+    return fx, jnp.einsum("kbrd,kd->br", jv, probes) / probes.shape[0]
+
+
+def log_likelihood(params, ws, cond, steps=DEFAULT_RK4_STEPS, probes=None, bn_eps=BN_EPS):
+    """log p(w | c) per W+ row [B, R] (nats) of ws [B, R, D] under condition cond [B, 17]: the flow's
+    density, log N(z; 0, I) + log|det dz/dw| with z = forward(w, c), as StyleFlow is trained. The log
+    determinant is the two batch norms' log scales plus the integral of tr(df/dx) over the ODE, integrated
+    with the same RK4 as the state (`steps` steps); `probes` see `_divergence`. Differentiable in
+    everything (jit it at the call site); cost ~D (exact) or ~K (probes) times a forward pass."""
+    cond = _flatten_cond(cond)
+    f = _dynamics(params, cond)
+
+    # d(x, logdet)/dt = (f, tr df/dx); rematerialised in the backward pass (the D JVPs would be stored otherwise)
+    augmented = jax.checkpoint(lambda t, state: _divergence(f, t, state[0], probes))
+    bn_logdet = lambda bn: jnp.sum(-0.5 * jnp.log(bn["running_var"] + bn_eps) + bn["weight"])  # sum of log scales
+    x = moving_batch_norm(params["bn_in"], ws, eps=bn_eps)
+    end_time = jnp.square(params["sqrt_end_time"]).astype(x.dtype)
+    x, logdet = rk4_solve(augmented, (x, jnp.zeros(x.shape[:-1], x.dtype)), jnp.zeros_like(end_time), end_time,
+                          steps)
+    z = moving_batch_norm(params["bn_out"], x, eps=bn_eps)
+    logdet = logdet + bn_logdet(params["bn_in"]) + bn_logdet(params["bn_out"])
+    log_normal = -0.5 * jnp.sum(jnp.square(z), axis=-1) - 0.5 * z.shape[-1] * np.log(2 * np.pi)
+    return log_normal + logdet
+
+
 def _row_indices(rows, num_rows):
     if isinstance(rows, slice):
         return tuple(range(num_rows)[rows])
@@ -223,6 +264,10 @@ class StyleFlow(Network):
 
     def reverse(self, z, cond, solver="rk4", steps=DEFAULT_RK4_STEPS, rtol=1e-5, atol=1e-5, return_nfe=False):
         return reverse(self.params, z, cond, solver, steps, rtol, atol, return_nfe, self.config.bn_eps)
+
+    def log_likelihood(self, ws, cond, steps=DEFAULT_RK4_STEPS, probes=None):
+        """log p(w | c) per W+ row [B, R]; see the module function."""
+        return log_likelihood(self.params, ws, cond, steps, probes, self.config.bn_eps)
 
     def pose_edit(self, ws, cond_src, yaw_deg=None, pitch_deg=None, rows=slice(0, 4), solver="rk4",
                   steps=DEFAULT_RK4_STEPS, rtol=1e-5, atol=1e-5):

@@ -2,25 +2,35 @@
 from the alignment.
 
 For frame t, ws_t = the StyleFlow pose edit of the identity latent from cond_src to yaw = src_yaw + yaw_t,
-pitch = src_pitch + pitch_t (rows 0-3 edited, as StyleFlow does for pose; see `stylejax.decoder.pose_latents`), and (yaw_t, pitch_t) minimise LPIPS + L2 between
-G(ws_t) and the aligned frame; all frames of a chunk in one jitted step. They start from the landmark pose
-relative to the identity frame. Yaw and pitch are stored relative to the identity frame (the identity
-renders at 0, 0), so an encoding can drive another face.
+pitch = src_pitch + pitch_t (W+ rows 0-3, as StyleFlow does for pose; see `stylejax.decoder.pose_latents`),
+and (yaw_t, pitch_t) minimise LPIPS + L2 between G(ws_t) and the aligned frame; all frames of a chunk in one jitted step. They start from the landmark pose relative to the identity
+frame. Yaw and pitch are stored relative to the identity frame (the identity renders at 0, 0), so an encoding
+can drive another face.
 
 The identity frame's StyleFlow condition `cond_src` (9 lighting + 8 attributes) came, for StyleFlow's
-authors, from networks we do not have. Here: yaw and pitch entries = the identity frame's landmark pose;
-the other 15 entries are either 0 ("zeros") or, by default ("map"), the maximum-likelihood condition of the
-identity latent under the flow: argmin_c |F(w_id, c)|² over its edited rows — the condition under which the
-flow's prior finds the identity most probable, i.e. attribute inference with the flow itself.
+authors, from networks we do not have. Here: yaw and pitch entries = the identity frame's landmark pose; the
+other 15 entries (`condition`) are
+  "map" (default): the condition under which the flow finds the identity latent most probable, the maximum
+      of log p(w_id | c) = sum over all W+ rows (the flow models every row, conditioned on c) of
+      log N(z_r; 0, I) + log|det dz_r/dw_r| (`StyleFlow.log_likelihood`), started from the mean of
+      StyleFlow's own condition data and kept inside that data's range per entry (a sigmoid onto [min, max]),
+      from `configs/styleflow_condition.json` (`condition_data`);
+  "mean": that data mean; "zeros": 0 (outside the data's range for the first lighting coefficient).
 
 Landmark degrees become StyleFlow degrees through one factor per axis (`yaw_sign`, `pitch_sign`): a number, or
 "auto" (default), measured on the identity's own renders (`stylejax.stages.pose_calibration`; +1 with a warning
 when no face is found there), recorded in `head_pose/pose_calibration.json`.
 
 Roll is the alignment's `roll_deg` relative to the identity frame, re-applied in the image plane at render
-time. Outputs: `head_pose/pose.npy` [T, 3] (yaw, pitch, roll in degrees, relative), `head_pose/ws_pose.npy`
-[T, num_ws, w_dim] (the head-adjusted latents), `head_pose/cond_src.npy` [17], `head_pose/loss.npy` [T].
+time. Crops aligned with the roll kept (`keep_roll` in `align/transforms.npz`) already show it: the roll to
+re-apply is then 0 (recorded in the marker).
+Outputs: `head_pose/pose.npy` [T, 3] (yaw, pitch, roll in degrees, relative), `head_pose/ws_pose.npy`
+[T, num_ws, w_dim] (the head-adjusted latents), `head_pose/cond_src.npy` [17], `head_pose/condition.json`
+(how the condition was found: method, log-likelihoods, each entry's place in the data range),
+`head_pose/loss.npy` [T].
 """
+import functools
+import io
 import os
 
 import jax
@@ -29,13 +39,16 @@ import numpy as np
 import optax
 
 from stylejax import losses
-from stylejax.decoder import COND_DIM, POSE_ROWS, pose_latents
+from stylejax.decoder import COND_DIM, pose_latents
 from stylejax.errors import PipelineError
 from stylejax.io import atomic
 from stylejax.nets.styleflow import PITCH_INDEX, YAW_INDEX
 from stylejax.optimize import Optimiser
 from stylejax.stages import pose_calibration
 from stylejax.stages.base import run_chunks, signature
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONDITION_DATA = os.path.join(REPO, "configs", "styleflow_condition.json")
 
 
 def loss_fn(config, loss_size, dtype):
@@ -48,36 +61,93 @@ def loss_fn(config, loss_size, dtype):
     return loss
 
 
-def source_condition(flow, id_latent, yaw_deg, pitch_deg, method, steps, rk4_steps):
-    """cond_src [17]: pose entries from the landmarks; the rest 0 or the flow's maximum-likelihood condition."""
-    cond = np.zeros(COND_DIM, np.float32)
-    cond[YAW_INDEX], cond[PITCH_INDEX] = yaw_deg, pitch_deg
-    if method == "zeros":
-        return cond
-    if method != "map":
-        raise PipelineError(f"--config.head_pose.condition must be 'map' or 'zeros', got {method!r}")
+def condition_data(path="default"):
+    """StyleFlow's condition statistics: {"names", "mean", "std", "min", "max"} ([17] float32 arrays for the numbers)
+    from `configs/styleflow_condition.json` ("default") or a JSON file of the same form."""
+    spec = CONDITION_DATA if path == "default" else path
+    data = atomic.read_json(spec, "StyleFlow condition data")
+    try:
+        out = {k: np.asarray(data[k], np.float32) for k in ("mean", "std", "min", "max")}
+        names = [str(n) for n in data["names"]]
+    except (KeyError, TypeError, ValueError):
+        raise PipelineError(f"{spec}: expected StyleFlow condition data with names, mean, std, min and max "
+                            f"(as {CONDITION_DATA})") from None
+    lo, mean, hi = out["min"], out["mean"], out["max"]
+    if any(v.shape != (COND_DIM,) for v in out.values()) or len(names) != COND_DIM or \
+            not np.all((lo < hi) & (lo <= mean) & (mean <= hi) & (out["std"] > 0)):
+        raise PipelineError(f"{spec}: names, mean, std, min and max must each have {COND_DIM} entries with "
+                            "min <= mean <= max, min < max and std > 0")
+    return {"names": names, **out}
+
+
+def condition_nll(flow, rows, cond, probes, rk4_steps):
+    """-log p(w | c) per W+ row and latent dimension (nats), the mean over the rows [R, D] of one latent."""
+    ll = flow.log_likelihood(rows[None], cond[None], rk4_steps, probes)
+    return -jnp.mean(ll) / rows.shape[-1]
+
+
+def condition_prior_nll(cond, free, mean, std):
+    """-log p(c) up to a constant: independent Gaussians with the data's mean and std on the free entries."""
+    return 0.5 * jnp.sum(jnp.where(free, jnp.square((cond - mean) / std), 0.0))
+
+
+@functools.partial(jax.jit, static_argnames=("rk4_steps", "lr"))
+def _condition_step(u, state, flow, rows, fixed, free, lo, hi, mean, std, probes, rk4_steps, lr):
+    """One Adam step on the unconstrained free entries u [17] (c = lo + (hi - lo) sigmoid(u) on them) of the
+    negative log posterior per latent dimension, -(log p(w | c) + log p(c)) / (R D)."""
+    def nll(u):
+        c = jnp.where(free, lo + (hi - lo) * jax.nn.sigmoid(u), fixed)
+        return condition_nll(flow, rows, c, probes, rk4_steps) + condition_prior_nll(c, free, mean, std) / rows.size
+    value, grad = jax.value_and_grad(nll)(u)
+    updates, state = optax.adam(lr).update(jnp.where(free, grad, 0.0), state, u)
+    return optax.apply_updates(u, updates), state, value
+
+
+def source_condition(flow, id_latent, yaw_deg, pitch_deg, method, data, steps=100, lr=0.1, rk4_steps=8,
+                     probes=None):
+    """(cond_src [17] float32, info dict): yaw/pitch entries from the landmarks; the other 15 by `method`
+    ("map", "mean" or "zeros"; see the module docstring). `data` from `condition_data`; `probes` None for
+    the exact log-determinant, or [K, w_dim] fixed Hutchinson probes."""
+    if method not in ("map", "mean", "zeros"):
+        raise PipelineError(f"--config.head_pose.condition must be 'map', 'mean' or 'zeros', got {method!r}")
     free = np.ones(COND_DIM, bool)
     free[[YAW_INDEX, PITCH_INDEX]] = False
-    rows = id_latent[None, POSE_ROWS]
-
-    def nll(c):
-        full = jnp.where(free, c, jnp.asarray(cond))
-        z = flow.forward(rows, full[None], solver="rk4", steps=rk4_steps)
-        return 0.5 * jnp.mean(z ** 2)
-
-    opt = optax.adam(0.05)
-
-    @jax.jit
-    def step(c, state):
-        g = jax.grad(nll)(c)
-        upd, state = opt.update(g, state, c)
-        return optax.apply_updates(c, upd), state
-
-    c, state = jnp.asarray(cond), opt.init(jnp.asarray(cond))
-    for _ in range(int(steps)):
-        c, state = step(c, state)
-    c = np.where(free, np.asarray(c), cond).astype(np.float32)
-    return c if np.all(np.isfinite(c)) else cond
+    fixed = np.zeros(COND_DIM, np.float32)
+    fixed[YAW_INDEX], fixed[PITCH_INDEX] = yaw_deg, pitch_deg
+    start = np.where(free, data["mean"], fixed).astype(np.float32)
+    rows = jnp.asarray(id_latent, jnp.float32)
+    evaluate = jax.jit(condition_nll, static_argnames="rk4_steps")
+    info = {"method": method, "rows": [0, int(rows.shape[0])],
+            "log_likelihood_trace": "exact" if probes is None else f"hutchinson-{len(probes)}"}
+    if method == "zeros":
+        cond = fixed
+    elif method == "mean":
+        cond = start
+    else:
+        lo, hi = (jnp.asarray(data[k]) for k in ("min", "max"))
+        frac = np.clip((data["mean"] - data["min"]) / (data["max"] - data["min"]), 1e-3, 1 - 1e-3)
+        u = jnp.asarray(np.where(free, np.log(frac) - np.log1p(-frac), 0.0), jnp.float32)
+        state = optax.adam(lr).init(u)
+        args = (flow, rows, jnp.asarray(fixed), jnp.asarray(free), lo, hi, jnp.asarray(data["mean"]),
+                jnp.asarray(data["std"]), probes)
+        best_u, best = u, np.inf
+        for _ in range(int(steps)):
+            u_next, state, value = _condition_step(u, state, *args, rk4_steps=int(rk4_steps), lr=float(lr))
+            if float(value) < best:  # value is at u (before the step): keep the best condition seen
+                best_u, best = u, float(value)
+            u = u_next
+        cond = np.asarray(jnp.where(free, lo + (hi - lo) * jax.nn.sigmoid(best_u), fixed), np.float32)
+        if not np.all(np.isfinite(cond)):
+            cond, info["fallback"] = start, "non-finite likelihood: the data mean is used"
+    nll = lambda c: float(evaluate(flow, rows, jnp.asarray(c), probes, rk4_steps=int(rk4_steps)))
+    span = data["max"] - data["min"]
+    info.update(
+        nats_per_dim_at_data_mean=-nll(start), nats_per_dim=-nll(cond),
+        entries={name: {"value": float(cond[i]), "data_mean": float(data["mean"][i]),
+                        "data_range": [float(data["min"][i]), float(data["max"][i])],
+                        "fraction_of_range": float((cond[i] - data["min"][i]) / span[i])}
+                 for i, name in enumerate(data["names"])})
+    return cond.astype(np.float32), info
 
 
 def identity_renderer(g, flow, id_latent, cond_src, rk4_steps):
@@ -100,11 +170,12 @@ def run(ctx):
     cfg, wd = ctx.config.head_pose, ctx.workdir
     if ctx.nets.styleflow is None:
         raise PipelineError("the head_pose stage needs StyleFlow: pass --styleflow DIR (python -m convert styleflow)")
+    g, flow = ctx.nets.generator, ctx.nets.styleflow
+    data = condition_data(cfg.condition_data)
     sig = signature(ctx, "head_pose", ctx.nets.fingerprint("generator"), ctx.nets.fingerprint("styleflow"),
-                    ctx.nets.fingerprint("lpips"))
+                    ctx.nets.fingerprint("lpips"), {k: np.asarray(v).tolist() for k, v in data.items()})
     if wd.is_done("head_pose", sig):
         return
-    g, flow = ctx.nets.generator, ctx.nets.styleflow
     t = ctx.num_frames
     ident = atomic.read_json(wd.file("select_id", "id.json"))
     id_frame = int(ident["frame"])
@@ -115,13 +186,18 @@ def run(ctx):
     known = np.isfinite(lpose[id_frame, :2]).all()
     conditions = {}
 
+    k = int(cfg.condition_probes)
+    probes = None if k <= 0 else np.where(np.random.RandomState(int(ctx.config.seed)).rand(k, g.config.w_dim) < 0.5,
+                                          -1.0, 1.0).astype(np.float32)  # fixed Rademacher probes
+
     def condition(factors):
-        """The identity's source condition with its landmark pose mapped by `factors` (computed once each)."""
+        """(the identity's source condition with its landmark pose mapped by `factors`, its record); computed
+        once for each `factors`."""
         key = tuple(float(v) for v in factors)
         if key not in conditions:
             src = lpose[id_frame, :2] * np.asarray(key) if known else (0.0, 0.0)
-            conditions[key] = source_condition(flow, jnp.asarray(id_latent), float(src[0]), float(src[1]),
-                                               cfg.condition, cfg.condition_steps, int(cfg.rk4_steps))
+            conditions[key] = source_condition(flow, id_latent, float(src[0]), float(src[1]), cfg.condition, data,
+                                               cfg.condition_steps, cfg.condition_lr, int(cfg.rk4_steps), probes)
         return conditions[key]
 
     wd.begin("head_pose", sig, ctx.chunk)
@@ -129,7 +205,7 @@ def run(ctx):
     if os.path.isfile(calibration_path):
         calibration = atomic.read_json(calibration_path)
     else:  # renders around the condition of the +1 convention; the condition is remade if the factors differ
-        render = lambda yaw, pitch: identity_renderer(g, flow, id_latent, condition((1.0, 1.0)),
+        render = lambda yaw, pitch: identity_renderer(g, flow, id_latent, condition((1.0, 1.0))[0],
                                                       int(cfg.rk4_steps))(yaw, pitch)
         calibration = pose_calibration.calibrate(render, configured=configured)
         atomic.write_json(calibration_path, calibration)
@@ -139,16 +215,19 @@ def run(ctx):
     cond_path = wd.file("head_pose", "cond_src.npy")
     try:
         cond_src = np.load(cond_path)
-    except OSError:
-        cond_src = condition(signs)
-        np.save(cond_path, cond_src)
+    except (OSError, ValueError):
+        cond_src, info = condition(signs)
+        atomic.write_json(wd.file("head_pose", "condition.json"), info)
+        buf = io.BytesIO()
+        np.save(buf, cond_src)
+        atomic.write_bytes(cond_path, buf.getvalue())  # last: its presence means the condition is done
+        ctx.log(f"[head_pose] source condition ({cfg.condition}): log p(w_id | c) {info['nats_per_dim']:.4f} nats "
+                f"per dimension (data mean: {info['nats_per_dim_at_data_mean']:.4f})")
     init = (lpose[:, :2] - lpose[id_frame, :2]) * signs
     if not cfg.landmark_init:
         init = np.zeros_like(init)
     init = np.where(np.isfinite(init), init, 0.0).astype(np.float32)
-    tf = wd.transforms()
-    roll = np.asarray(tf["roll_deg"], np.float32) if "roll_deg" in tf and len(tf["roll_deg"]) == t else np.zeros(t, np.float32)
-    roll_rel = roll - roll[id_frame]
+    roll_rel, roll_note = relative_roll(wd.transforms(), t, id_frame)
 
     dtype = jnp.dtype(ctx.config.dtype)
     nets = {"generator": g, "lpips": ctx.nets.lpips, "styleflow": flow, "id_latent": jnp.asarray(id_latent),
@@ -168,11 +247,23 @@ def run(ctx):
         return {"pose.npy": np.stack([params["yaw"], params["pitch"], np.asarray(batch["roll"])], axis=1),
                 "ws_pose.npy": latents(flow, nets["id_latent"], nets["cond_src"], yaw, pitch)}
 
-    out = run_chunks(ctx, "head_pose", Optimiser(loss_fn(cfg, ctx.loss_size, dtype), cfg.lr, cfg.steps, ctx.microbatch),
-                     nets, make_batch, start, finish,
+    opt = Optimiser(loss_fn(cfg, ctx.loss_size, dtype), cfg.lr, cfg.steps, ctx.microbatch)
+    out = run_chunks(ctx, "head_pose", opt, nets, make_batch, start, finish,
                      outputs={"pose.npy": ((3,), np.float32), "ws_pose.npy": ((g.config.num_ws, g.config.w_dim), np.float32)})
     pose, mean_loss = out["pose.npy"], float(np.mean(out["loss.npy"]))
-    wd.mark_done("head_pose", sig, frames=t, mean_loss=mean_loss)
+    wd.mark_done("head_pose", sig, frames=t, mean_loss=mean_loss, roll=roll_note)
     ctx.log(f"[head_pose] yaw {np.min(pose[:, 0]):+.1f}..{np.max(pose[:, 0]):+.1f} deg, pitch "
             f"{np.min(pose[:, 1]):+.1f}..{np.max(pose[:, 1]):+.1f}, roll {np.min(roll_rel):+.1f}.."
-            f"{np.max(roll_rel):+.1f}; mean loss {mean_loss:.4f}")
+            f"{np.max(roll_rel):+.1f} ({roll_note}); mean loss {mean_loss:.4f}")
+
+
+def relative_roll(transforms, num_frames, id_frame):
+    """(roll [T] degrees to re-apply at render time, relative to the identity frame; a note saying where the
+    roll is). Level crops (the default alignment): the alignment's roll_deg. Crops that kept the roll
+    (`keep_roll`): 0, the roll is in the crops and so in the latents; re-applying it would roll twice."""
+    roll = np.asarray(transforms.get("roll_deg", ()), np.float32)
+    if len(roll) != num_frames:
+        return np.zeros(num_frames, np.float32), "no roll in the transforms: 0"
+    if bool(np.asarray(transforms.get("keep_roll", False))):
+        return np.zeros(num_frames, np.float32), "kept in the crops (keep_roll): not re-applied"
+    return roll - roll[id_frame], "re-applied at render time"

@@ -3,6 +3,11 @@ size), all frames of a chunk in one jitted step. `config.invert.space`: "w+" ref
 "w" optimises one W vector per frame (started from the mean of e4e's rows, broadcast to all rows), the
 better-determined projection PTI uses for its pivots.
 
+Regulariser (`config.invert.reg`): free W+ refinement can move rows away from the latents the downstream
+networks were trained on (StyleFlow's pose edit reads rows 0-3). "e4e" adds reg_weight x the mean squared
+distance of rows [reg_rows) to e4e's W+ of the frame (e4e's own in-distribution estimate, the anchor of
+e4e/PTI-style editing), "w_avg" the distance to the generator's mean latent; "none" refines freely.
+
 Outputs: `invert/ws.npy` [T, num_ws, w_dim], `invert/loss.npy` [T].
 """
 import jax
@@ -17,6 +22,19 @@ from stylejax.stages.base import run_chunks, signature
 E4E_SIZE = 256  # e4e's input resolution (its map2style depths assume 256² inputs)
 
 
+def row_range(rows, num_ws, what):
+    """A range of W+ rows as a (start, stop) tuple, checked against the generator's `num_ws`; `what` names the
+    setting in the error."""
+    try:
+        start, stop = (int(v) for v in rows)
+    except (TypeError, ValueError):
+        raise PipelineError(f"{what} must be two integers (start, stop), got {rows!r}") from None
+    if not 0 <= start < stop <= num_ws:
+        raise PipelineError(f"{what} ({start}, {stop}) is not a range of W+ rows inside [0, {num_ws}): give start < "
+                            f"stop <= {num_ws}")
+    return start, stop
+
+
 def latents(params, num_ws):
     """W+ [T, num_ws, w_dim] from the optimised parameters: {"ws": W+} or {"w": [T, w_dim]} (W space)."""
     if "ws" in params:
@@ -26,13 +44,20 @@ def latents(params, num_ws):
 
 
 def loss_fn(config, loss_size, dtype):
-    """Per-frame reconstruction loss: params {"ws": [T, num_ws, w_dim]} (or {"w": [T, w_dim]}), batch
-    {"target": [T, L, L, 3]}."""
+    """Per-frame reconstruction loss (+ the regulariser): params {"ws": [T, num_ws, w_dim]} (or {"w": [T,
+    w_dim]}), batch {"target": [T, L, L, 3], "anchor": [T, num_ws, w_dim] (with a regulariser)}."""
+    reg = str(config.reg).lower()
+    rows = slice(*(int(v) for v in config.reg_rows))
+
     def loss(params, nets, batch):
         g = nets["generator"]
-        img = g.synthesize(latents(params, g.config.num_ws), "const", dtype=dtype)
-        return losses.reconstruction(losses.resize(img, loss_size), batch["target"], nets["lpips"],
-                                     config.lpips_weight, config.l2_weight)
+        ws = latents(params, g.config.num_ws)
+        img = g.synthesize(ws, "const", dtype=dtype)
+        out = losses.reconstruction(losses.resize(img, loss_size), batch["target"], nets["lpips"],
+                                    config.lpips_weight, config.l2_weight)
+        if reg != "none":
+            out = out + config.reg_weight * jnp.mean(jnp.square(ws[:, rows] - batch["anchor"][:, rows]), axis=(1, 2))
+        return out
     return loss
 
 
@@ -53,6 +78,10 @@ def run(ctx):
     space = str(cfg.space).lower()
     if space not in ("w+", "w"):
         raise PipelineError(f"--config.invert.space must be 'w+' or 'w', got {cfg.space!r}")
+    reg = str(cfg.reg).lower()
+    if reg not in ("none", "e4e", "w_avg"):
+        raise PipelineError(f"--config.invert.reg must be 'none', 'e4e' or 'w_avg', got {cfg.reg!r}")
+    row_range(cfg.reg_rows, g.config.num_ws, "--config.invert.reg_rows")
     wd.begin("invert", sig, ctx.chunk)
     dtype = jnp.dtype(ctx.config.dtype)
     e4e = parallel.replicate(ctx.nets.e4e, ctx.mesh)
@@ -64,9 +93,13 @@ def run(ctx):
         frames = batch.pop("frames")
         ws0 = jnp.concatenate([e4e_fn(e4e, frames[i:i + step]) for i in range(0, frames.shape[0], step)])
         start = {"ws": ws0} if space == "w+" else {"w": jnp.mean(ws0, axis=1)}  # W: the mean of e4e's rows
-        return start, {**batch, "target": resize(frames, ctx.loss_size)}
+        batch = {**batch, "target": resize(frames, ctx.loss_size)}
+        if reg != "none":
+            batch["anchor"] = ws0 if reg == "e4e" else jnp.broadcast_to(w_avg, ws0.shape)
+        return start, batch
 
     num_ws, w_dim = g.config.num_ws, g.config.w_dim
+    w_avg = jnp.asarray(g.buffers["mapping"]["w_avg"], jnp.float32)
     out = run_chunks(ctx, "invert", Optimiser(loss_fn(cfg, ctx.loss_size, dtype), cfg.lr, cfg.steps, ctx.microbatch),
                      {"generator": g, "lpips": ctx.nets.lpips},
                      make_batch=lambda lo, hi: {"frames": ctx.target(lo, hi)}, init=init,
