@@ -46,7 +46,7 @@ def get_config():
 
     c.attributes = ml_collections.ConfigDict()
     c.attributes.steps = 100
-    c.attributes.lr = 0.05
+    c.attributes.lr = 0.1          # offsets in channel std units: Adam moves ~lr a step, a budget of ~5.5 std over 100 steps
     c.attributes.refine_pose = True    # refine yaw/pitch jointly with the offsets (from the head_pose values)
     c.attributes.pose_lr = 0.2         # degrees per Adam step for that refinement
     c.attributes.channels = "default"  # "default" (configs/channels_ffhq1024.json at 1024), "auto", or a JSON file
@@ -57,6 +57,7 @@ def get_config():
     c.attributes.mouth_weight = 2.0    # extra L2 weight on the mouth region
     c.attributes.id_weight = 0.0       # ArcFace identity loss (needs --arcface)
     c.attributes.auto_samples = 256    # random samples for the channel spread in --channels auto
+    c.attributes.std_samples = 10000   # random samples for each channel's std: the unit of the offsets
 
     c.render = ml_collections.ConfigDict()
     c.render.noise_mode = "const"

@@ -20,7 +20,7 @@ def get_config():
     c.select_id.max_yaw_deg = 2.0
     c.select_id.max_pitch_deg = 2.0
     c.attributes.steps = 100
-    c.attributes.lr = 0.05
+    c.attributes.lr = 0.1
     c.attributes.eye_weight = 0.0
     c.attributes.mouth_weight = 0.0
     return c

@@ -4,7 +4,7 @@ One model, shared by every stage that optimises it (`head_pose`, `attributes`), 
 metrics, and by what comes next (puppeteering, fine-tuning):
 
     ws_t     = pose_latents(flow, id_latent, cond_src, yaw_t, pitch_t)      StyleFlow pose edit, rows 0-3
-    styles_t = apply_offsets(g, ws_t, offsets_t, flat_index)                 StyleSpace channel offsets
+    styles_t = apply_offsets(g, ws_t, offsets_t, flat_index, offset_scale)   StyleSpace channel offsets
     image_t  = g.synthesize_from_styles(styles_t)                            roll is re-applied in the image
 
 Pure functions of networks passed as arguments (pytrees); nothing here reads files.
@@ -39,10 +39,13 @@ def pose_latents(flow, id_latent, cond_src, yaw_deg, pitch_deg, rk4_steps):
     return ws.at[:, POSE_ROWS].add(delta)
 
 
-def apply_offsets(g, ws, offsets, flat_index):
-    """Styles of ws [T, num_ws, w_dim] with offsets [T, K] added at flat StyleSpace indices [K]."""
+def apply_offsets(g, ws, offsets, flat_index, offset_scale=None):
+    """Styles of ws [T, num_ws, w_dim] with offsets [T, K] added at flat StyleSpace indices [K]. Offsets are in
+    units of `offset_scale` [K] (each channel's standard deviation over the generator's samples: StyleSpace's
+    own unit, s += α·std), or raw style units when it is None."""
     flat = flatten_styles(g.styles_from_ws(ws))
-    return unflatten_styles(flat.at[:, flat_index].add(offsets), g.config)
+    raw = offsets if offset_scale is None else offsets * offset_scale
+    return unflatten_styles(flat.at[:, flat_index].add(raw), g.config)
 
 
 def flat_indices(channels, gconfig):
@@ -50,36 +53,40 @@ def flat_indices(channels, gconfig):
     return tuple(channel_to_flat_index(n, gconfig) for n in channels)
 
 
-def decode(g, flow, id_latent, cond_src, yaw_deg, pitch_deg, offsets, flat_index, rk4_steps, noise_mode="const",
-           dtype=jnp.float32):
+def decode(g, flow, id_latent, cond_src, yaw_deg, pitch_deg, offsets, flat_index, rk4_steps, offset_scale=None,
+           noise_mode="const", dtype=jnp.float32):
     """Images [T, res, res, 3] (about [-1, 1], level: roll not applied) of relative yaw/pitch [T] and offsets
-    [T, K] at `flat_index`. Differentiable in every argument."""
+    [T, K] (units of `offset_scale`) at `flat_index`. Differentiable in every argument."""
     ws = pose_latents(flow, id_latent, cond_src, yaw_deg, pitch_deg, rk4_steps)
-    styles = apply_offsets(g, ws, offsets, np.asarray(flat_index))
+    styles = apply_offsets(g, ws, offsets, np.asarray(flat_index), offset_scale)
     return g.synthesize_from_styles(styles, noise_mode, dtype=dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("flat_index", "rk4_steps", "noise_mode"))
-def render_frames(g, flow, id_latent, cond_src, yaw, pitch, offsets, flat_index, rk4_steps, noise_mode="const"):
+def render_frames(g, flow, id_latent, cond_src, yaw, pitch, offsets, offset_scale, flat_index, rk4_steps,
+                  noise_mode="const"):
     """`decode`, jitted once per chunk shape (`flat_index` a tuple: static, so one compiled program serves
     every chunk and call)."""
-    return decode(g, flow, id_latent, cond_src, yaw, pitch, offsets, flat_index, rk4_steps, noise_mode)
+    return decode(g, flow, id_latent, cond_src, yaw, pitch, offsets, flat_index, rk4_steps, offset_scale, noise_mode)
 
 
 def iter_renders(enc, g, flow, chunk=8):
     """Yields (lo, hi, images [B, res, res, 3] float32) of an encoding's level (roll-free) re-synthesis."""
     from stylejax.parallel import pad_frames
 
+    if enc.cond_src is None:
+        from stylejax.io.encoding import EncodingError
+        raise EncodingError("this encoding has no StyleFlow source condition (cond_src): re-encode it")
     flat_index = flat_indices(enc.channels, g.config)
-    cond = jnp.asarray(np.asarray(enc.settings["cond_src"], np.float32))
-    steps, noise = int(enc.settings.get("rk4_steps", 8)), enc.settings.get("noise_mode", "const")
+    cond = jnp.asarray(enc.cond_src)
+    steps, noise = enc.rk4_steps, enc.settings.get("noise_mode", "const")
     pose, off = enc.pose_deg.astype(np.float32), enc.offsets.astype(np.float32)
-    id_latent = jnp.asarray(enc.id_latent)
+    id_latent, scale = jnp.asarray(enc.id_latent), jnp.asarray(enc.offset_scale)
     for lo in range(0, enc.num_frames, chunk):
         hi = min(lo + chunk, enc.num_frames)
         (yaw, pitch, o), _ = pad_frames((pose[lo:hi, 0], pose[lo:hi, 1], off[lo:hi]), chunk)  # one shape
         images = render_frames(g, flow, id_latent, cond, jnp.asarray(yaw), jnp.asarray(pitch), jnp.asarray(o),
-                               flat_index, steps, noise)
+                               scale, flat_index, steps, noise)
         yield lo, hi, np.asarray(images)[:hi - lo]
 
 

@@ -105,11 +105,11 @@ def synthetic_landmarks(pose_deg, frame_size=(256, 256), distance_mm=600.0):
 
 
 def ground_truth(g, flow, num_frames, seed=0):
-    """A known encoding: identity latent, per-frame yaw/pitch/roll (deg) and offsets on 32 channels."""
-    import jax
+    """A known encoding: identity latent, per-frame yaw/pitch/roll (deg) and offsets on 32 channels, in units of
+    each channel's standard deviation (the encoding's unit; `truth_scale`)."""
     import jax.numpy as jnp
 
-    from stylejax.nets.stylespace import flat_index_to_channel, flatten_styles
+    from stylejax.nets.stylespace import flat_index_to_channel
     from stylejax.stages.attributes import channel_pool
 
     rng = np.random.RandomState(seed)
@@ -120,26 +120,32 @@ def ground_truth(g, flow, num_frames, seed=0):
     pose = np.stack([10 * np.sin(2 * np.pi * t), 6 * ramp, 4 * np.sin(2 * np.pi * t + 1.0) - 4 * np.sin(1.0)], 1)
     pool = channel_pool(g.config)
     chosen = np.sort(rng.choice(pool, NUM_CHANNELS, replace=False))
-    samples = jax.random.normal(jax.random.PRNGKey(seed + 1), (256, g.config.z_dim))
-    spread = np.asarray(flatten_styles(g.styles_from_ws(g.mapping(samples)))).std(axis=0)[chosen]
     phase = rng.uniform(0, 2 * np.pi, NUM_CHANNELS)
     freq = rng.choice([1, 2], NUM_CHANNELS)
-    offsets = 0.5 * spread * ramp[:, None] * np.cos(2 * np.pi * freq * t[:, None] + phase)
+    offsets = 0.7 * ramp[:, None] * np.cos(2 * np.pi * freq * t[:, None] + phase)  # up to 0.7 std
     channels = [flat_index_to_channel(int(i), g.config) for i in chosen]
     return id_latent, pose.astype(np.float32), offsets.astype(np.float32), channels
 
 
-def synthesise(g, flow, id_latent, pose, offsets, channels, rk4_steps):
-    """Frames [T, S, S, 3] uint8 of the ground truth, through the encoder's own model (level crops)."""
-    import jax.numpy as jnp
+def truth_scale(g, channels, samples=10000):
+    """[K] the channels' standard deviations, as the attributes stage measures them with `std_samples` =
+    `samples` (configs/encode_tiny.py uses the same 10000): the unit of the ground-truth offsets."""
+    from stylejax.nets.stylespace import channel_to_flat_index
+    from stylejax.stages.attributes import channel_std
 
-    from stylejax.io.encoding import Encoding
+    return channel_std(g, [channel_to_flat_index(c, g.config) for c in channels], samples)
+
+
+def synthesise(g, flow, id_latent, pose, offsets, channels, rk4_steps, cond_src=None):
+    """Frames [T, S, S, 3] uint8 of the ground truth, through the encoder's own model (level crops); offsets in
+    units of `truth_scale`, the identity's StyleFlow condition `cond_src` (default all zero)."""
     from stylejax.decoder import iter_renders, to_uint8
+    from stylejax.io.encoding import Encoding
 
-    enc = Encoding(id_latent=id_latent, pose_deg=pose, offsets=offsets, channels=tuple(channels), fps=25.0,
-                   resolution=g.config.resolution, generator_fingerprint="0" * 16, pose_model="truth",
-                   settings={"cond_src": [0.0] * 17, "rk4_steps": rk4_steps})
-    del jnp
+    enc = Encoding(id_latent=id_latent, pose_deg=pose, offsets=offsets, channels=tuple(channels),
+                   offset_scale=truth_scale(g, channels), fps=25.0, resolution=g.config.resolution,
+                   generator_fingerprint="0" * 16, pose_model=f"styleflow-rk4-{int(rk4_steps)}",
+                   cond_src=np.zeros(17, np.float32) if cond_src is None else cond_src)
     return np.concatenate([to_uint8(img) for _, _, img in iter_renders(enc, g, flow, chunk=8)])
 
 

@@ -40,6 +40,8 @@ def define_flags(fv):
     flags.DEFINE_string("channels", None, "override --config.attributes.channels: default, auto or a JSON file",
                         flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "replace an existing --out encoding", flag_values=fv)
+    flags.DEFINE_enum("format", "v2", ["v1", "v2"], "encoding file format: v2 (identity and motion parts, offsets "
+                      "in channel standard deviations) or v1 (the first format, for older readers)", flag_values=fv)
     config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "encoder settings (ml_collections config file)",
                                     flag_values=fv, lock_config=True)
 
@@ -66,7 +68,8 @@ def run(args):
     workdir = pipeline.Workdir(args.workdir, video=args.video)
     quiet = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     enc, summary = pipeline.encode(workdir, nets, config, video=args.video, out=args.out, id_frame=args.id_frame,
-                                   overwrite=args.overwrite, log=quiet, align_log=quiet)
+                                   overwrite=args.overwrite, log=quiet, align_log=quiet,
+                                   format_version=args.format.removeprefix("v"))
     summary.update(out=os.path.realpath(args.out), workdir=workdir.path, channels=list(enc.channels))
     summary["message"] = (f"encoded {enc.num_frames} frames into {args.out} ({enc.bytes_per_frame} bytes/frame): "
                           f"PSNR {summary['psnr_db']:.2f} dB, SSIM {summary['ssim']:.4f}, LPIPS {summary['lpips']:.4f}"

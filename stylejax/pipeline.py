@@ -34,9 +34,9 @@ ENCODER_STAGES = (("invert", invert), ("select_id", select_id), ("head_pose", he
 
 
 def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] = None, overwrite=False,
-           log=print, align_log=None):
+           log=print, align_log=None, format_version="2"):
     """Runs align (if `video`), invert, select_id, head_pose and attributes; writes the encoding to `out`
-    (if given) and returns (Encoding, summary dict with per-stage times)."""
+    (if given, in file format `format_version`) and returns (Encoding, summary dict with per-stage times)."""
     times = {}
     if out is not None:
         out_real = atomic.resolve_output(out, "--out")
@@ -60,7 +60,7 @@ def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] 
     if out is not None:
         from stylejax.io.encoding import load_encoding, save_encoding
 
-        save_encoding(out_real, enc)
+        save_encoding(out_real, enc, version=format_version)
         enc = load_encoding(out_real)  # metrics from the saved (float16) file: what a user gets
     t0 = time.perf_counter()
     summary = render.evaluate(enc, nets, workdir, config, chunk=ctx.chunk)
@@ -95,18 +95,18 @@ def assemble(ctx):
     ident = atomic.read_json(wd.file("select_id", "id.json"))
     pose = np.asarray(wd.load("attributes", "pose.npy"))
     offsets = np.asarray(wd.load("attributes", "offsets.npy"))
-    channels = atomic.read_json(wd.file("attributes", "channels.json"))["channels"]
-    cond = np.asarray(wd.load("head_pose", "cond_src.npy"))
+    chosen = atomic.read_json(wd.file("attributes", "channels.json"))
     tf = wd.transforms()
     fps = float(tf["fps"]) if "fps" in tf else 30.0
-    settings = {"cond_src": [float(v) for v in cond], "pose_rows": [0, 4], "rk4_steps": int(ctx.config.head_pose.rk4_steps),
-                "styleflow_fingerprint": ctx.nets.fingerprint("styleflow"), "id_frame": int(ident["frame"]),
-                "networks": ctx.nets.paths, "aligned": wd.file("align", "frames.npy"),
-                "noise_mode": ctx.config.render.noise_mode, "config": ctx.config.to_dict()}
+    settings = {"pose_rows": [0, 4], "id_frame": int(ident["frame"]), "networks": ctx.nets.paths,
+                "aligned": wd.file("align", "frames.npy"), "noise_mode": ctx.config.render.noise_mode,
+                "offset_std": chosen.get("std_definition"), "config": ctx.config.to_dict()}
     quad = np.asarray(tf["quad"], np.float32) if "quad" in tf and len(tf["quad"]) == len(pose) else None
     frame_size = tuple(int(v) for v in tf["frame_size"]) if quad is not None and "frame_size" in tf else None
     return Encoding(id_latent=np.asarray(wd.load("select_id", "id_latent.npy")), pose_deg=pose, offsets=offsets,
-                    channels=tuple(channels), fps=fps, resolution=g.config.resolution,
-                    generator_fingerprint=ctx.nets.fingerprint("generator"),
-                    pose_model=f"styleflow-rk4-{int(ctx.config.head_pose.rk4_steps)}", settings=settings,
-                    quad=quad, frame_size=frame_size)
+                    channels=tuple(chosen["channels"]), offset_scale=np.asarray(chosen["std"], np.float32), fps=fps,
+                    resolution=g.config.resolution, generator_fingerprint=ctx.nets.fingerprint("generator"),
+                    pose_model=f"styleflow-rk4-{int(ctx.config.head_pose.rk4_steps)}",
+                    cond_src=np.asarray(wd.load("head_pose", "cond_src.npy")),
+                    styleflow_fingerprint=ctx.nets.fingerprint("styleflow"), settings=settings, quad=quad,
+                    frame_size=frame_size)

@@ -52,7 +52,7 @@ def load_for_render(path, generator=None, styleflow=None):
         raise UserError(f"{path} records no network paths: pass --generator and --styleflow")
     g, flow = load(gpath, "stylegan2"), load(fpath, "styleflow")
     load_encoding(path, expected_fingerprint=fingerprint(g))  # one-line error on a different generator
-    want = enc.settings.get("styleflow_fingerprint")
+    want = enc.styleflow_fingerprint
     if want and fingerprint(flow) != want:
         raise UserError(f"encoding {path} was made with StyleFlow {want}, {fpath} is {fingerprint(flow)}: render "
                         "with the StyleFlow used to encode")

@@ -215,8 +215,8 @@ def small_encoding(tmp_path_factory, nets_dir):
     save_encoding(path, Encoding(
         id_latent=np.zeros((8, 32), np.float32), pose_deg=np.zeros((3, 3)), offsets=np.zeros((3, 1)),
         channels=("3_0",), fps=25.0, resolution=32, generator_fingerprint=fingerprint(g), pose_model="styleflow-rk4-8",
-        settings={"cond_src": [0.0] * 17, "rk4_steps": 8, "styleflow_fingerprint": fingerprint(flow),
-                  "networks": {"generator": nets_dir["generator"], "styleflow": nets_dir["styleflow"]}}))
+        cond_src=np.zeros(17, np.float32), styleflow_fingerprint=fingerprint(flow),
+        settings={"networks": {"generator": nets_dir["generator"], "styleflow": nets_dir["styleflow"]}}))
     return path
 
 
@@ -257,7 +257,7 @@ def test_render_unsupported_format_version(small_encoding, tmp_path):
 
     tensors, meta = file_contents(small_encoding)
     path = str(tmp_path / "future.enc")
-    safetensors.numpy.save_file(tensors, path, metadata={**meta, "format_version": "2"})
+    safetensors.numpy.save_file(tensors, path, metadata={**meta, "format_version": "3"})
     r = cli("stylejax.render", path, "--out", str(tmp_path / "x.mp4"))
-    assert_one_line_error(r, "format version '2' is not supported: this stylejax reads version(s) 1; upgrade "
+    assert_one_line_error(r, "format version '3' is not supported: this stylejax reads version(s) 1, 2; upgrade "
                              "stylejax to read it")

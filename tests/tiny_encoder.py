@@ -50,4 +50,5 @@ def few_steps_config(chunk):
     c.attributes.mouth_weight = 2.0
     c.attributes.channels = "auto"
     c.attributes.auto_samples = 64
+    c.attributes.std_samples = 1000
     return c

@@ -1,11 +1,21 @@
 """The encoding file: one identity latent plus 35 numbers per frame, in a safetensors file.
 
-Tensors: `id_latent` float32 [num_ws, w_dim]; `frames` float16 [T, 3 + K] with columns yaw, pitch, roll
-(degrees) then the K StyleSpace channel offsets (2·(3 + K) bytes a frame: 70 for K = 32); optionally `quad`
-float32 [T, 4, 2], the per-frame crop corners (TL, BL, BR, TR, original-frame pixels) for pasting back.
-Metadata (`__metadata__`, str -> str): format, format_version, generator_fingerprint, resolution, fps,
-num_frames, channels (JSON list of "layer_channel"), pose_model, settings (JSON object), frame_size (JSON
-[w, h], only with `quad`). Files are written atomically and read without unpickling anything.
+An encoding has two parts (format version 2 keeps them apart in the file, so one video's motion can drive
+another video's identity):
+- the **identity**: the W+ identity latent, the identity frame's StyleFlow condition `cond_src`, and what
+  they mean something to (generator and StyleFlow fingerprints, resolution, `pose_model`);
+- the **motion**: per-frame yaw, pitch, roll (degrees, relative to the identity frame) and K StyleSpace
+  channel offsets in units of each channel's standard deviation (`offset_scale`: style units per offset
+  unit), the channel names, fps and, for paste-back, the crop quads and the original frame size.
+
+Version 2 tensors: `identity.id_latent` float32 [num_ws, w_dim], `identity.cond_src` float32 [17],
+`motion.frames` float16 [T, 3 + K] (yaw, pitch, roll, then the offsets: 2·(3 + K) bytes a frame, 70 for
+K = 32), `motion.offset_scale` float32 [K], optionally `motion.quad` float32 [T, 4, 2] (crop corners TL, BL,
+BR, TR in original-frame pixels). Metadata (`__metadata__`, str -> str): `format`, `format_version`,
+`identity` and `motion` (JSON objects) and `settings` (JSON: how it was made, for the record).
+Version 1 (still read, and written with `version="1"`): `id_latent`, `frames` (offsets in raw style
+units), `quad`, flat metadata, `cond_src` inside `settings`. Files are written atomically with the metadata
+in a fixed order (equal encodings give equal bytes) and read without unpickling anything.
 """
 from __future__ import annotations
 
@@ -23,8 +33,15 @@ import numpy as np
 from stylejax.errors import UserError
 
 FORMAT = "stylejax-encoding"
-FORMAT_VERSION = "1"
-READABLE_VERSIONS = ("1",)
+FORMAT_VERSION = "2"  # what save_encoding writes by default
+READABLE_VERSIONS = ("1", "2")
+WRITABLE_VERSIONS = ("1", "2")
+COND_DIM = 17  # StyleFlow's condition: 9 lighting + 8 attributes
+IDENTITY_FIELDS = ("id_latent", "cond_src", "generator_fingerprint", "styleflow_fingerprint", "resolution",
+                   "pose_model")
+MOTION_FIELDS = ("pose_deg", "offsets", "offset_scale", "channels", "fps", "quad", "frame_size")
+_POSE_MODEL = re.compile(r"^styleflow-rk4-(\d+)$")
+MAX_RK4_STEPS = 64  # the README's RK4 error table converges by 16; more is a damaged or hostile file
 POSE_COLUMNS = ("yaw_deg", "pitch_deg", "roll_deg")
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 _CHANNEL_NAME = re.compile(r"^\d+_\d+$")
@@ -53,6 +70,11 @@ def _invalid(fields: dict) -> str | None:
     for name in ("id_latent", "pose_deg", "offsets"):
         if not np.isfinite(fields[name]).all():
             return f"{name} has non-finite values"
+    cond, scale = fields["cond_src"], fields["offset_scale"]
+    if cond is not None and (cond.shape != (COND_DIM,) or not np.isfinite(cond).all()):
+        return f"cond_src must be {COND_DIM} finite values (StyleFlow's condition), got shape {list(cond.shape)}"
+    if scale.shape != (len(ch),) or not (np.isfinite(scale).all() and (scale > 0).all()):
+        return f"offset_scale must be {len(ch)} positive finite values (one per channel)"
     if not (math.isfinite(fields["fps"]) and fields["fps"] > 0):
         return f"fps {fields['fps']!r} is not a positive number"
     if fields["resolution"] <= 0:
@@ -94,6 +116,9 @@ class Encoding:
     settings: dict = dataclasses.field(default_factory=dict)  # encoder settings, JSON-able, for the record
     quad: np.ndarray | None = None  # float32 [T, 4, 2] crop corners TL, BL, BR, TR in original-frame px
     frame_size: tuple | None = None  # (width, height) of the original frames; with `quad`
+    cond_src: np.ndarray | None = None  # float32 [17]: the identity frame's StyleFlow condition
+    offset_scale: np.ndarray | None = None  # float32 [K]: style units per offset unit (None: 1, raw units)
+    styleflow_fingerprint: str | None = None  # fingerprint_params of the StyleFlow the pose was fitted with
 
     def __post_init__(self):
         try:
@@ -103,6 +128,9 @@ class Encoding:
                         settings=dict(self.settings) if isinstance(self.settings, dict) else self.settings,
                         quad=None if self.quad is None else np.asarray(self.quad, np.float32),
                         frame_size=None if self.frame_size is None else tuple(int(v) for v in self.frame_size))
+            conv["cond_src"] = (None if self.cond_src is None else np.asarray(self.cond_src, np.float32).reshape(-1))
+            conv["offset_scale"] = (np.ones(len(conv["channels"]), np.float32) if self.offset_scale is None
+                                    else np.asarray(self.offset_scale, np.float32).reshape(-1))
         except (TypeError, ValueError) as err:
             raise EncodingError(f"invalid encoding: a field has the wrong type ({err})") from None
         for key, value in conv.items():
@@ -110,6 +138,8 @@ class Encoding:
         problem = _invalid(conv | {"generator_fingerprint": self.generator_fingerprint, "pose_model": self.pose_model})
         if problem:
             raise EncodingError(f"invalid encoding: {problem}")
+        if self.styleflow_fingerprint is not None and not isinstance(self.styleflow_fingerprint, str):
+            raise EncodingError("invalid encoding: styleflow_fingerprint is not a string")
 
     @property
     def num_frames(self) -> int:
@@ -119,6 +149,33 @@ class Encoding:
     def bytes_per_frame(self) -> int:
         """Stored size of one frame's numbers: float16 pose and offsets (the quad is extra, optional)."""
         return 2 * (3 + len(self.channels))
+
+    @property
+    def offsets_raw(self) -> np.ndarray:
+        """[T, K] offsets in style units: what is added to the StyleSpace channels."""
+        return self.offsets * self.offset_scale
+
+    @property
+    def rk4_steps(self) -> int:
+        """RK4 steps of the StyleFlow pose edit, from `pose_model` ("styleflow-rk4-N")."""
+        found = _POSE_MODEL.match(self.pose_model)
+        if not found or not 1 <= int(found.group(1)) <= MAX_RK4_STEPS:
+            raise EncodingError(f"pose_model {self.pose_model!r} is not 'styleflow-rk4-N' with N in "
+                                f"1..{MAX_RK4_STEPS}: this stylejax cannot render it")
+        return int(found.group(1))
+
+    def identity(self) -> dict:
+        """The identity part: what a driven face keeps (see IDENTITY_FIELDS)."""
+        return {k: getattr(self, k) for k in IDENTITY_FIELDS}
+
+    def motion(self) -> dict:
+        """The motion part: what drives a face (see MOTION_FIELDS)."""
+        return {k: getattr(self, k) for k in MOTION_FIELDS}
+
+    @classmethod
+    def from_parts(cls, identity: dict, motion: dict, settings: dict | None = None) -> "Encoding":
+        """An encoding of one identity moved by another's motion (both as `identity()` / `motion()` give)."""
+        return cls(**identity, **motion, settings=dict(settings or {}))
 
 
 def fingerprint_params(params) -> str:
@@ -142,8 +199,8 @@ def fingerprint_params(params) -> str:
 # Writing
 # --------------------------------------------------------------------------------------------------------
 
-def _frames_float16(enc: Encoding, path: str) -> np.ndarray:
-    frames = np.concatenate([enc.pose_deg, enc.offsets], axis=1)
+def _frames_float16(enc: Encoding, path: str, offsets: np.ndarray) -> np.ndarray:
+    frames = np.concatenate([enc.pose_deg, offsets], axis=1)
     too_big = np.abs(frames) > FLOAT16_MAX
     if too_big.any():
         t, k = np.argwhere(too_big)[0]
@@ -153,19 +210,51 @@ def _frames_float16(enc: Encoding, path: str) -> np.ndarray:
     return frames.astype(np.float16)
 
 
-def _metadata(enc: Encoding) -> dict:
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "generator_fingerprint": enc.generator_fingerprint,
+def _json(value) -> str:
+    return json.dumps(value, sort_keys=True, allow_nan=False)
+
+
+def _contents_v1(enc: Encoding, path: str) -> tuple[dict, dict]:
+    """Version 1: offsets in raw style units; the identity's condition and StyleFlow inside `settings`."""
+    tensors = {"id_latent": enc.id_latent, "frames": _frames_float16(enc, path, enc.offsets_raw)}
+    if enc.quad is not None:
+        tensors["quad"] = enc.quad
+    settings = dict(enc.settings)
+    if enc.cond_src is not None:
+        settings["cond_src"] = [float(v) for v in enc.cond_src]
+    if enc.styleflow_fingerprint is not None:
+        settings["styleflow_fingerprint"] = enc.styleflow_fingerprint
+    if _POSE_MODEL.match(enc.pose_model):
+        settings["rk4_steps"] = int(_POSE_MODEL.match(enc.pose_model).group(1))  # where v1 readers look
+    meta = {"format": FORMAT, "format_version": "1", "generator_fingerprint": enc.generator_fingerprint,
             "resolution": str(enc.resolution), "fps": repr(enc.fps), "num_frames": str(enc.num_frames),
-            "channels": json.dumps(list(enc.channels)), "pose_model": enc.pose_model,
-            "settings": json.dumps(enc.settings, sort_keys=True, allow_nan=False)}
+            "channels": json.dumps(list(enc.channels)), "pose_model": enc.pose_model, "settings": _json(settings)}
     if enc.frame_size is not None:
         meta["frame_size"] = json.dumps(list(enc.frame_size))
-    return meta
+    return tensors, meta
 
 
-def save_encoding(path: str, enc: Encoding) -> None:
+def _contents_v2(enc: Encoding, path: str) -> tuple[dict, dict]:
+    if enc.cond_src is None:
+        raise EncodingError(f"cannot save encoding {path}: the identity has no StyleFlow condition (cond_src)")
+    tensors = {"identity.id_latent": enc.id_latent, "identity.cond_src": enc.cond_src,
+               "motion.frames": _frames_float16(enc, path, enc.offsets), "motion.offset_scale": enc.offset_scale}
+    if enc.quad is not None:
+        tensors["motion.quad"] = enc.quad
+    identity = {"generator_fingerprint": enc.generator_fingerprint, "styleflow_fingerprint": enc.styleflow_fingerprint,
+                "resolution": enc.resolution, "pose_model": enc.pose_model}
+    motion = {"num_frames": enc.num_frames, "fps": enc.fps, "channels": list(enc.channels),
+              "columns": list(POSE_COLUMNS) + ["offsets"], "offset_units": "offset_scale",
+              "frame_size": None if enc.frame_size is None else list(enc.frame_size)}
+    meta = {"format": FORMAT, "format_version": "2", "identity": _json(identity), "motion": _json(motion),
+            "settings": _json(enc.settings)}
+    return tensors, meta
+
+
+def save_encoding(path: str, enc: Encoding, version: str = FORMAT_VERSION) -> None:
     """Write `enc` to `path` atomically (temp file in the same directory, fsync, rename): a reader sees the
-    old file or the new one, never a partial one. Pose and offsets are stored as float16."""
+    old file or the new one, never a partial one. Pose and offsets are stored as float16. `version` "1"
+    writes the first format (offsets converted to raw style units) for readers that know only that one."""
     import safetensors.numpy
 
     path = os.fspath(path)
@@ -174,10 +263,11 @@ def save_encoding(path: str, enc: Encoding) -> None:
         raise EncodingError(f"cannot save encoding {path}: directory {directory} does not exist")
     if os.path.isdir(path):
         raise EncodingError(f"cannot save encoding {path}: it is a directory")
-    tensors = {"id_latent": enc.id_latent, "frames": _frames_float16(enc, path)}
-    if enc.quad is not None:
-        tensors["quad"] = enc.quad
-    data = safetensors.numpy.save(tensors, metadata=_metadata(enc))
+    if str(version) not in WRITABLE_VERSIONS:
+        raise EncodingError(f"cannot save encoding {path}: format version {version!r} is not one of "
+                            f"{', '.join(WRITABLE_VERSIONS)}")
+    tensors, meta = (_contents_v1 if str(version) == "1" else _contents_v2)(enc, path)
+    data = safetensors.numpy.save(tensors, metadata=meta)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -258,8 +348,65 @@ def _json_field(meta: dict, key: str, kind: type, fail):
     return value
 
 
+def _fields_v1(tensors: dict, meta: dict, fail) -> dict:
+    missing = [k for k in ("id_latent", "frames") if k not in tensors]
+    if missing:
+        raise fail(f"missing tensor(s) {', '.join(repr(k) for k in missing)}")
+    missing = [k for k in ("generator_fingerprint", "resolution", "fps", "num_frames", "channels", "pose_model",
+                           "settings") if k not in meta]
+    if missing:
+        raise fail(f"missing metadata field(s) {', '.join(repr(k) for k in missing)}")
+    settings = _json_field(meta, "settings", dict, fail)
+    cond = settings.get("cond_src")
+    try:  # v1 kept the identity's condition in the settings; a malformed one is checked as cond_src below
+        cond = None if cond is None else np.asarray(cond, np.float32)
+    except (TypeError, ValueError):
+        raise fail("settings 'cond_src' is not a list of numbers") from None
+    fp = settings.get("styleflow_fingerprint")
+    return dict(tensors={"id_latent": "id_latent", "frames": "frames", "quad": "quad"}, cond_src=cond,
+                offset_scale=None, generator_fingerprint=meta["generator_fingerprint"],
+                styleflow_fingerprint=fp if isinstance(fp, str) else None, resolution=meta["resolution"],
+                fps=meta["fps"], num_frames=meta["num_frames"], channels=_json_field(meta, "channels", list, fail),
+                pose_model=meta["pose_model"], settings=settings,
+                frame_size=_json_field(meta, "frame_size", list, fail) if "frame_size" in meta else None)
+
+
+def _fields_v2(tensors: dict, meta: dict, fail) -> dict:
+    missing = [k for k in ("identity.id_latent", "identity.cond_src", "motion.frames", "motion.offset_scale")
+               if k not in tensors]
+    if missing:
+        raise fail(f"missing tensor(s) {', '.join(repr(k) for k in missing)}")
+    missing = [k for k in ("identity", "motion", "settings") if k not in meta]
+    if missing:
+        raise fail(f"missing metadata field(s) {', '.join(repr(k) for k in missing)}")
+    identity, motion = _json_field(meta, "identity", dict, fail), _json_field(meta, "motion", dict, fail)
+    for part, keys, found in (("identity", ("generator_fingerprint", "styleflow_fingerprint", "resolution",
+                                            "pose_model"), identity),
+                              ("motion", ("num_frames", "fps", "channels", "frame_size"), motion)):
+        missing = [k for k in keys if k not in found]
+        if missing:
+            raise fail(f"metadata {part!r} lacks {', '.join(repr(k) for k in missing)}")
+    if not isinstance(motion["channels"], list):
+        raise fail("metadata field 'motion.channels' is not a JSON list")
+    if motion["frame_size"] is not None and not isinstance(motion["frame_size"], list):
+        raise fail("metadata field 'motion.frame_size' is not a JSON list")
+    for part, key, found in (("identity", "generator_fingerprint", identity), ("identity", "pose_model", identity)):
+        if not isinstance(found[key], str):
+            raise fail(f"metadata field '{part}.{key}' is not a string")
+    fp = identity["styleflow_fingerprint"]
+    if fp is not None and not isinstance(fp, str):
+        raise fail("metadata field 'identity.styleflow_fingerprint' is not a string")
+    return dict(tensors={"id_latent": "identity.id_latent", "frames": "motion.frames", "quad": "motion.quad",
+                         "cond_src": "identity.cond_src", "offset_scale": "motion.offset_scale"},
+                cond_src=None, offset_scale=None, generator_fingerprint=identity["generator_fingerprint"],
+                styleflow_fingerprint=fp, resolution=identity["resolution"], fps=motion["fps"],
+                num_frames=motion["num_frames"], channels=motion["channels"], pose_model=identity["pose_model"],
+                settings=_json_field(meta, "settings", dict, fail), frame_size=motion["frame_size"])
+
+
 def load_encoding(path: str, expected_fingerprint: str | None = None) -> Encoding:
-    """Read an encoding; with `expected_fingerprint`, refuse one made with a different generator."""
+    """Read an encoding (format version 1 or 2); with `expected_fingerprint`, refuse one made with a different
+    generator."""
     path = os.fspath(path)
     fail = lambda why: EncodingError(f"cannot read encoding {path}: {why}")
     tensors, meta = _read_container(path)
@@ -270,41 +417,37 @@ def load_encoding(path: str, expected_fingerprint: str | None = None) -> Encodin
     if version not in READABLE_VERSIONS:
         raise fail(f"format version {version!r} is not supported: this stylejax reads version(s) "
                    f"{', '.join(READABLE_VERSIONS)}; upgrade stylejax to read it")
-    missing = [k for k in ("id_latent", "frames") if k not in tensors]
-    if missing:
-        raise fail(f"missing tensor(s) {', '.join(repr(k) for k in missing)}")
-    missing = [k for k in ("generator_fingerprint", "resolution", "fps", "num_frames", "channels", "pose_model",
-                           "settings") if k not in meta]
-    if missing:
-        raise fail(f"missing metadata field(s) {', '.join(repr(k) for k in missing)}")
-    fingerprint = meta["generator_fingerprint"]
+    f = (_fields_v1 if version == "1" else _fields_v2)(tensors, meta, fail)
+    fingerprint = f["generator_fingerprint"]
     if expected_fingerprint is not None and fingerprint != expected_fingerprint:
         raise EncodingError(f"encoding {path} was encoded with generator {fingerprint}, this generator is "
                             f"{expected_fingerprint}: render with the generator used to encode")
-    channels = _json_field(meta, "channels", list, fail)
-    settings = _json_field(meta, "settings", dict, fail)
-    frame_size = _json_field(meta, "frame_size", list, fail) if "frame_size" in meta else None
     try:
-        resolution, fps, num_frames = int(meta["resolution"]), float(meta["fps"]), int(meta["num_frames"])
-    except ValueError:
+        resolution, fps, num_frames = int(f["resolution"]), float(f["fps"]), int(f["num_frames"])
+    except (TypeError, ValueError):
         raise fail("metadata fields 'resolution', 'fps', 'num_frames' must be numbers") from None
-    frames, id_latent, quad = tensors["frames"], tensors["id_latent"], tensors.get("quad")
-    for name, arr, dtype in (("frames", frames, np.float16), ("id_latent", id_latent, np.float32),
-                             ("quad", quad, np.float32)):
-        if arr is not None and arr.dtype != dtype:
-            raise fail(f"tensor {name!r} is {arr.dtype}, expected {np.dtype(dtype)}")
+    names, channels = f["tensors"], f["channels"]
+    arrays = {k: tensors.get(name) for k, name in names.items()}
+    for key, dtype in (("frames", np.float16), ("id_latent", np.float32), ("quad", np.float32),
+                       ("cond_src", np.float32), ("offset_scale", np.float32)):
+        if arrays.get(key) is not None and arrays[key].dtype != dtype:
+            raise fail(f"tensor {names[key]!r} is {arrays[key].dtype}, expected {np.dtype(dtype)}")
+    frames = arrays["frames"]
     if frames.ndim != 2 or frames.shape[1] != 3 + len(channels):
-        raise fail(f"tensor 'frames' has shape {list(frames.shape)}, expected [T, {3 + len(channels)}] "
+        raise fail(f"tensor {names['frames']!r} has shape {list(frames.shape)}, expected [T, {3 + len(channels)}] "
                    f"(3 pose columns + {len(channels)} channels)")
     if frames.shape[0] != num_frames:
-        raise fail(f"tensor 'frames' has {frames.shape[0]} rows but num_frames is {num_frames}")
-    for name, arr in (("frames", frames), ("id_latent", id_latent), ("quad", quad)):
+        raise fail(f"tensor {names['frames']!r} has {frames.shape[0]} rows but num_frames is {num_frames}")
+    for key, arr in arrays.items():
         if arr is not None and not np.isfinite(arr).all():
-            raise fail(f"tensor {name!r} has non-finite values")
+            raise fail(f"tensor {names[key]!r} has non-finite values")
     frames = frames.astype(np.float32)
+    cond = arrays["cond_src"] if "cond_src" in names else f["cond_src"]
     try:
-        return Encoding(id_latent=id_latent, pose_deg=frames[:, :3], offsets=frames[:, 3:], channels=tuple(channels),
-                        fps=fps, resolution=resolution, generator_fingerprint=fingerprint,
-                        pose_model=meta["pose_model"], settings=settings, quad=quad, frame_size=frame_size)
+        return Encoding(id_latent=arrays["id_latent"], pose_deg=frames[:, :3], offsets=frames[:, 3:],
+                        channels=tuple(channels), fps=fps, resolution=resolution, generator_fingerprint=fingerprint,
+                        pose_model=f["pose_model"], settings=f["settings"], quad=arrays["quad"],
+                        frame_size=f["frame_size"], cond_src=cond, styleflow_fingerprint=f["styleflow_fingerprint"],
+                        offset_scale=arrays.get("offset_scale"))
     except EncodingError as err:
         raise fail(str(err).removeprefix("invalid encoding: ")) from None

@@ -11,8 +11,9 @@ for any other generator "default" means "auto"), "auto" = the channels that vary
 per-frame inversions, each channel's standard deviation over the frames divided by its standard deviation
 over random samples of the generator, within the face-region pool (the JSON's mouth/eye/eyebrow pool at
 FFHQ 1024, every conv-layer channel otherwise), or a JSON file {"channels": [...]}.
+Offsets are in units of each channel's standard deviation over generator samples (`channel_std`).
 Outputs: `attributes/offsets.npy` [T, K], `attributes/pose.npy` [T, 3] (the final yaw, pitch, roll),
-`attributes/channels.json`, `attributes/loss.npy` [T].
+`attributes/channels.json` (names, source, standard deviations), `attributes/loss.npy` [T].
 """
 import json
 import os
@@ -33,6 +34,28 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DEFAULT_CHANNELS = os.path.join(REPO, "configs", "channels_ffhq1024.json")
 
 
+# Offsets are in units of each channel's standard deviation, measured as StyleSpace measures it (GetCode.py
+# s_mean_std: z ~ N(0, I), truncation psi = 0.7 on the first 8 W+ rows), so one unit is StyleSpace's own
+# manipulation step (s += alpha * std) and the optimiser's step budget means the same on every channel.
+STD_TRUNCATION_PSI = 0.7
+STD_TRUNCATION_CUTOFF = 8
+
+
+def channel_std(g, flat_index, samples, seed=0, batch=1000):
+    """[K] standard deviation of the StyleSpace channels at `flat_index` over `samples` generator samples."""
+    flat_index = np.asarray(flat_index)
+    cutoff = min(STD_TRUNCATION_CUTOFF, g.config.num_ws)
+    styles = jax.jit(lambda g, z: flatten_styles(g.styles_from_ws(g.mapping(z, STD_TRUNCATION_PSI, cutoff)))[:, flat_index])
+    key = jax.random.PRNGKey(seed)
+    total, total_sq, n = 0.0, 0.0, 0
+    for i in range(0, int(samples), batch):  # float64 sums: 10^4 samples of values up to ~10
+        z = jax.random.normal(jax.random.fold_in(key, i), (batch, g.config.z_dim))
+        s = np.asarray(styles(g, z), np.float64)[:min(batch, int(samples) - i)]
+        total, total_sq, n = total + s.sum(0), total_sq + (s ** 2).sum(0), n + len(s)
+    var = np.maximum(total_sq / n - (total / n) ** 2, 0.0)
+    return np.sqrt(var).astype(np.float32)
+
+
 def loss_fn(config, loss_size, dtype, flat_index, use_weights, use_id, rk4_steps):
     def loss(params, nets, batch):
         g = nets["generator"]
@@ -41,7 +64,7 @@ def loss_fn(config, loss_size, dtype, flat_index, use_weights, use_id, rk4_steps
                               rk4_steps)
         else:
             ws = batch["ws"]
-        styles = apply_offsets(g, ws, params["offsets"], flat_index)
+        styles = apply_offsets(g, ws, params["offsets"], flat_index, nets["offset_scale"])
         img = losses.resize(g.synthesize_from_styles(styles, "const", dtype=dtype), loss_size)
         out = losses.reconstruction(img, batch["target"], nets["lpips"], config.lpips_weight, config.l2_weight,
                                     batch["weights"] if use_weights else None)
@@ -116,10 +139,19 @@ def run(ctx):
     wd.begin("attributes", sig, ctx.chunk)
     ch_path = wd.file("attributes", "channels.json")
     if os.path.isfile(ch_path):
-        channels = atomic.read_json(ch_path)["channels"]
+        chosen = atomic.read_json(ch_path)
+        channels, std = chosen["channels"], np.asarray(chosen["std"], np.float32)
     else:
         channels, source = resolve_channels(cfg.channels, g, wd, int(cfg.num_channels), int(cfg.auto_samples))
-        atomic.write_json(ch_path, {"channels": channels, "source": source})
+        std = channel_std(g, [channel_to_flat_index(n, g.config) for n in channels], int(cfg.std_samples))
+        if not (np.isfinite(std).all() and (std > 0).all()):
+            dead = [c for c, v in zip(channels, std) if not v > 0]
+            raise PipelineError(f"channel(s) {', '.join(dead[:4])} never vary over the generator's samples: choose "
+                                "other channels (--channels)")
+        atomic.write_json(ch_path, {"channels": channels, "source": source, "std": [float(v) for v in std],
+                                    "std_definition": f"std over {int(cfg.std_samples)} samples, truncation psi "
+                                                      f"{STD_TRUNCATION_PSI} on the first {STD_TRUNCATION_CUTOFF} "
+                                                      "W+ rows (StyleSpace's s_mean_std)"})
     flat_index = np.array([channel_to_flat_index(n, g.config) for n in channels])
     weights_all = region_weights(wd, t, ctx.loss_size, cfg)
     use_weights = weights_all is not None
@@ -128,7 +160,7 @@ def run(ctx):
     pose_in = wd.load("head_pose", "pose.npy")
     refine = bool(cfg.refine_pose)
     dtype = jnp.dtype(ctx.config.dtype)
-    nets = {"generator": g, "lpips": ctx.nets.lpips}
+    nets = {"generator": g, "lpips": ctx.nets.lpips, "offset_scale": jnp.asarray(std)}
     if use_id:
         nets["arcface"] = ctx.nets.arcface
     if refine:

@@ -22,7 +22,9 @@ def make_encoding(with_quad=True, **over):
     fields = dict(id_latent=rng.normal(size=(NUM_WS, W_DIM)), pose_deg=rng.uniform(-40, 40, (T, 3)),
                   offsets=rng.normal(0, 3, (T, K)), channels=CHANNELS, fps=29.97, resolution=1024,
                   generator_fingerprint="0123456789abcdef", pose_model="styleflow-rk4-8",
-                  settings={"steps": 300, "lr": 0.01, "loss": ["lpips", "l2"]})
+                  settings={"steps": 300, "lr": 0.01, "loss": ["lpips", "l2"]},
+                  cond_src=rng.normal(size=17), offset_scale=rng.uniform(0.33, 10.7, K),
+                  styleflow_fingerprint="fedcba9876543210")
     if with_quad:
         fields.update(quad=rng.uniform(0, 1000, (T, 4, 2)), frame_size=(1280, 720))
     fields.update(over)
@@ -79,14 +81,73 @@ def test_round_trip_values_and_header(tmp_path):
     assert (back.channels, back.fps, back.resolution, back.generator_fingerprint, back.pose_model, back.settings,
             back.frame_size) == (CHANNELS, 29.97, 1024, "0123456789abcdef", "styleflow-rk4-8", enc.settings,
                                  (1280, 720))
+    np.testing.assert_array_equal(back.cond_src, enc.cond_src)
+    np.testing.assert_array_equal(back.offset_scale, enc.offset_scale)
+    assert back.styleflow_fingerprint == "fedcba9876543210" and back.rk4_steps == 8
     _, header = header_of(path)
     assert header["__metadata__"] == {
-        "format": "stylejax-encoding", "format_version": "1", "generator_fingerprint": "0123456789abcdef",
-        "resolution": "1024", "fps": "29.97", "num_frames": "50", "channels": json.dumps(list(CHANNELS)),
-        "pose_model": "styleflow-rk4-8", "settings": '{"loss": ["lpips", "l2"], "lr": 0.01, "steps": 300}',
-        "frame_size": "[1280, 720]"}
+        "format": "stylejax-encoding", "format_version": "2",
+        "identity": json.dumps({"generator_fingerprint": "0123456789abcdef", "pose_model": "styleflow-rk4-8",
+                                "resolution": 1024, "styleflow_fingerprint": "fedcba9876543210"}),
+        "motion": json.dumps({"channels": list(CHANNELS), "columns": ["yaw_deg", "pitch_deg", "roll_deg", "offsets"],
+                              "fps": 29.97, "frame_size": [1280, 720], "num_frames": 50,
+                              "offset_units": "offset_scale"}),
+        "settings": '{"loss": ["lpips", "l2"], "lr": 0.01, "steps": 300}'}
     assert {k: (v["dtype"], v["shape"]) for k, v in header.items() if k != "__metadata__"} == {
-        "id_latent": ("F32", [NUM_WS, W_DIM]), "frames": ("F16", [T, 35]), "quad": ("F32", [T, 4, 2])}
+        "identity.id_latent": ("F32", [NUM_WS, W_DIM]), "identity.cond_src": ("F32", [17]),
+        "motion.frames": ("F16", [T, 35]), "motion.offset_scale": ("F32", [K]), "motion.quad": ("F32", [T, 4, 2])}
+
+
+def v1_file(path, enc):
+    """A version-1 file written by hand as the first format defined it (offsets in raw style units, the
+    identity's condition and StyleFlow fingerprint in the settings), independent of save_encoding."""
+    raw = np.concatenate([enc.pose_deg, enc.offsets * enc.offset_scale], 1).astype(np.float16)
+    settings = dict(enc.settings, cond_src=[float(v) for v in enc.cond_src], rk4_steps=8,
+                    styleflow_fingerprint=enc.styleflow_fingerprint)
+    meta = {"format": "stylejax-encoding", "format_version": "1", "generator_fingerprint": enc.generator_fingerprint,
+            "resolution": "1024", "fps": "29.97", "num_frames": str(T), "channels": json.dumps(list(CHANNELS)),
+            "pose_model": "styleflow-rk4-8", "settings": json.dumps(settings)}
+    tensors = {"id_latent": enc.id_latent, "frames": raw}
+    if enc.quad is not None:
+        tensors["quad"], meta["frame_size"] = enc.quad, json.dumps(list(enc.frame_size))
+    return write_raw(path, tensors, meta), raw
+
+
+def test_reads_version_1(tmp_path):
+    enc = make_encoding()
+    path, raw = v1_file(tmp_path / "v1.safetensors", enc)
+    back = load_encoding(path, expected_fingerprint="0123456789abcdef")
+    # v1 offsets are raw style units: read with unit scale, so offsets_raw is what v1 stored, exactly
+    np.testing.assert_array_equal(back.offset_scale, np.ones(K, np.float32))
+    np.testing.assert_array_equal(back.offsets_raw, raw[:, 3:].astype(np.float32))
+    np.testing.assert_array_equal(back.pose_deg, raw[:, :3].astype(np.float32))
+    np.testing.assert_array_equal(back.cond_src, enc.cond_src)
+    assert back.styleflow_fingerprint == enc.styleflow_fingerprint and back.rk4_steps == 8
+    np.testing.assert_array_equal(back.quad, enc.quad)
+
+
+def test_writes_version_1(tmp_path):
+    enc = make_encoding()
+    save_encoding(str(tmp_path / "a.safetensors"), enc, version="1")
+    path, _ = v1_file(tmp_path / "b.safetensors", enc)
+    a, b = load_encoding(str(tmp_path / "a.safetensors")), load_encoding(path)
+    for field in ("id_latent", "pose_deg", "offsets", "offset_scale", "cond_src", "quad"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+    assert a.settings == b.settings and header_of(tmp_path / "a.safetensors")[1]["__metadata__"]["format_version"] == "1"
+    # the same numbers as the v2 file: raw offsets to float16 rounding of the raw values
+    two = str(tmp_path / "c.safetensors")
+    save_encoding(two, enc)
+    c = load_encoding(two)
+    np.testing.assert_allclose(a.offsets_raw, c.offsets_raw, rtol=2.0 ** -10)  # two float16 roundings at most
+
+
+def test_identity_and_motion_parts(tmp_path):
+    one, other = make_encoding(), make_encoding(with_quad=False, pose_deg=np.zeros((T, 3)), id_latent=np.zeros((NUM_WS, W_DIM)))
+    mixed = Encoding.from_parts(other.identity(), one.motion(), {"note": "puppet"})
+    np.testing.assert_array_equal(mixed.id_latent, other.id_latent)
+    np.testing.assert_array_equal(mixed.pose_deg, one.pose_deg)
+    np.testing.assert_array_equal(mixed.quad, one.quad)
+    assert mixed.settings == {"note": "puppet"}
 
 
 def test_without_quad_and_overwrite(tmp_path):
@@ -105,7 +166,7 @@ def test_size(tmp_path):
     path = str(tmp_path / "clip.safetensors")
     save_encoding(path, enc)
     header_len, _ = header_of(path)
-    payload = NUM_WS * W_DIM * 4 + T * 70
+    payload = NUM_WS * W_DIM * 4 + 17 * 4 + K * 4 + T * 70
     assert os.path.getsize(path) == 8 + header_len + payload
     assert header_len < 2048  # the header is small next to the 36 KiB latent
 
@@ -195,9 +256,18 @@ def test_wrong_format_and_version(tmp_path):
     p = write_raw(tmp_path / "b.safetensors", {"w": np.zeros(3, np.float32)}, None)
     assert read_error(p) == (f"cannot read encoding {p}: not a stylejax encoding (no format field, "
                              f"expected 'stylejax-encoding')")
-    p = write_raw(tmp_path / "c.safetensors", *good_raw(tmp_path, format_version="2"))
-    assert read_error(p) == (f"cannot read encoding {p}: format version '2' is not supported: this stylejax reads "
-                             f"version(s) 1; upgrade stylejax to read it")
+    p = write_raw(tmp_path / "c.safetensors", *good_raw(tmp_path, format_version="3"))
+    assert read_error(p) == (f"cannot read encoding {p}: format version '3' is not supported: this stylejax reads "
+                             f"version(s) 1, 2; upgrade stylejax to read it")
+
+
+def edit_part(meta, part, **changes):
+    """`meta` with keys of its JSON object `part` ("identity", "motion") changed (None deletes)."""
+    obj = json.loads(meta[part])
+    obj.update({k: v for k, v in changes.items() if v is not None})
+    for k in [k for k, v in changes.items() if v is None]:
+        del obj[k]
+    return dict(meta, **{part: json.dumps(obj)})
 
 
 def test_fingerprint_mismatch(tmp_path):
@@ -209,39 +279,74 @@ def test_fingerprint_mismatch(tmp_path):
 
 
 def test_missing_pieces(tmp_path):
-    p = write_raw(tmp_path / "a.safetensors", *good_raw(tmp_path, drop_tensor="frames"))
+    p = write_raw(tmp_path / "a.safetensors", *good_raw(tmp_path, drop_tensor="motion.frames"))
+    assert read_error(p) == f"cannot read encoding {p}: missing tensor(s) 'motion.frames'"
+    p = write_raw(tmp_path / "b.safetensors", *good_raw(tmp_path, motion=None, settings=None))
+    assert read_error(p) == f"cannot read encoding {p}: missing metadata field(s) 'motion', 'settings'"
+    tensors, meta = good_raw(tmp_path)
+    p = write_raw(tmp_path / "c.safetensors", tensors, edit_part(meta, "motion", channels="6_501"))
+    assert read_error(p) == f"cannot read encoding {p}: metadata field 'motion.channels' is not a JSON list"
+    p = write_raw(tmp_path / "d.safetensors", tensors, edit_part(meta, "identity", pose_model=None, resolution=None))
+    assert read_error(p) == f"cannot read encoding {p}: metadata 'identity' lacks 'resolution', 'pose_model'"
+    p = write_raw(tmp_path / "e.safetensors", tensors, dict(meta, motion="[1, 2]"))
+    assert read_error(p) == f"cannot read encoding {p}: metadata field 'motion' is not a JSON dict"
+
+
+def test_missing_pieces_version_1(tmp_path):
+    path, _ = v1_file(tmp_path / "v1.safetensors", make_encoding(with_quad=False))
+    tensors, meta = safetensors_numpy.load_file(path), header_of(path)[1]["__metadata__"]
+    del tensors["frames"]
+    p = write_raw(tmp_path / "a.safetensors", tensors, meta)
     assert read_error(p) == f"cannot read encoding {p}: missing tensor(s) 'frames'"
-    p = write_raw(tmp_path / "b.safetensors", *good_raw(tmp_path, fps=None, pose_model=None))
+    tensors = safetensors_numpy.load_file(path)
+    p = write_raw(tmp_path / "b.safetensors", tensors, {k: v for k, v in meta.items() if k not in ("fps", "pose_model")})
     assert read_error(p) == f"cannot read encoding {p}: missing metadata field(s) 'fps', 'pose_model'"
-    p = write_raw(tmp_path / "c.safetensors", *good_raw(tmp_path, channels="6_501"))
+    p = write_raw(tmp_path / "c.safetensors", tensors, dict(meta, channels="6_501"))
     assert read_error(p) == f"cannot read encoding {p}: metadata field 'channels' is not a JSON list"
+    settings = json.loads(meta["settings"])
+    p = write_raw(tmp_path / "d.safetensors", tensors, dict(meta, settings=json.dumps(dict(settings, cond_src=[1.0] * 16))))
+    assert read_error(p) == (f"cannot read encoding {p}: cond_src must be 17 finite values (StyleFlow's condition), "
+                             f"got shape [16]")
 
 
 def test_shape_mismatches(tmp_path):
-    p = write_raw(tmp_path / "a.safetensors", *good_raw(tmp_path, channels=json.dumps(list(CHANNELS[:30]))))
-    assert read_error(p) == (f"cannot read encoding {p}: tensor 'frames' has shape [{T}, 35], expected [T, 33] "
-                             f"(3 pose columns + 30 channels)")
-    p = write_raw(tmp_path / "b.safetensors", *good_raw(tmp_path, num_frames="49"))
-    assert read_error(p) == f"cannot read encoding {p}: tensor 'frames' has {T} rows but num_frames is 49"
     tensors, meta = good_raw(tmp_path)
-    tensors["id_latent"] = tensors["id_latent"][0]
+    p = write_raw(tmp_path / "a.safetensors", tensors, edit_part(meta, "motion", channels=list(CHANNELS[:30])))
+    assert read_error(p) == (f"cannot read encoding {p}: tensor 'motion.frames' has shape [{T}, 35], expected "
+                             f"[T, 33] (3 pose columns + 30 channels)")
+    p = write_raw(tmp_path / "b.safetensors", tensors, edit_part(meta, "motion", num_frames=49))
+    assert read_error(p) == f"cannot read encoding {p}: tensor 'motion.frames' has {T} rows but num_frames is 49"
+    tensors, meta = good_raw(tmp_path)
+    tensors["identity.id_latent"] = tensors["identity.id_latent"][0]
     p = write_raw(tmp_path / "c.safetensors", tensors, meta)
     assert read_error(p) == f"cannot read encoding {p}: id_latent has shape [{W_DIM}], expected [num_ws, w_dim]"
     tensors, meta = good_raw(tmp_path)
-    tensors["frames"] = tensors["frames"].astype(np.float32)
+    tensors["motion.frames"] = tensors["motion.frames"].astype(np.float32)
     p = write_raw(tmp_path / "d.safetensors", tensors, meta)
-    assert read_error(p) == f"cannot read encoding {p}: tensor 'frames' is float32, expected float16"
+    assert read_error(p) == f"cannot read encoding {p}: tensor 'motion.frames' is float32, expected float16"
+    tensors, meta = good_raw(tmp_path)
+    tensors["motion.offset_scale"] = tensors["motion.offset_scale"][:5]
+    p = write_raw(tmp_path / "e.safetensors", tensors, meta)
+    assert read_error(p) == f"cannot read encoding {p}: offset_scale must be {K} positive finite values (one per channel)"
+    tensors, meta = good_raw(tmp_path)
+    tensors["motion.offset_scale"][3] = 0.0
+    p = write_raw(tmp_path / "f.safetensors", tensors, meta)
+    assert read_error(p) == f"cannot read encoding {p}: offset_scale must be {K} positive finite values (one per channel)"
 
 
 def test_non_finite(tmp_path):
-    tensors, meta = good_raw(tmp_path)
-    tensors["frames"][3, 7] = np.inf
-    p = write_raw(tmp_path / "a.safetensors", tensors, meta)
-    assert read_error(p) == f"cannot read encoding {p}: tensor 'frames' has non-finite values"
-    tensors, meta = good_raw(tmp_path)
-    tensors["id_latent"][0, 0] = np.nan
-    p = write_raw(tmp_path / "b.safetensors", tensors, meta)
-    assert read_error(p) == f"cannot read encoding {p}: tensor 'id_latent' has non-finite values"
+    for name, index in (("motion.frames", (3, 7)), ("identity.id_latent", (0, 0)), ("identity.cond_src", (5,))):
+        tensors, meta = good_raw(tmp_path)
+        tensors[name][index] = np.nan
+        p = write_raw(tmp_path / "a.safetensors", tensors, meta)
+        assert read_error(p) == f"cannot read encoding {p}: tensor {name!r} has non-finite values"
+
+
+def test_pose_model_is_bounded(tmp_path):
+    """The RK4 step count is the only computation size an encoding carries: a hostile one is refused."""
+    for model in ("styleflow-rk4-0", "styleflow-rk4-100000000", "truth"):
+        with pytest.raises(EncodingError, match=r"^pose_model .* is not 'styleflow-rk4-N' with N in 1\.\.64"):
+            make_encoding(pose_model=model).rk4_steps
 
 
 def test_invalid_encoding_objects():

@@ -318,13 +318,16 @@ def test_encoding_round_trip(reference, tmp_path):
     assert float16_ulps(saved.pose_deg, exact.pose_deg).max() <= 0.5  # rounded to nearest
     assert float16_ulps(saved.offsets, exact.offsets).max() <= 0.5
     np.testing.assert_array_equal(saved.id_latent, exact.id_latent)
+    np.testing.assert_array_equal(saved.cond_src, exact.cond_src)
+    np.testing.assert_array_equal(saved.offset_scale, exact.offset_scale)  # float32 on disk: exact
+    assert saved.styleflow_fingerprint == ctx.nets.fingerprint("styleflow")
     np.testing.assert_array_equal(saved.quad, exact.quad)
     assert (saved.channels, saved.fps, saved.resolution, saved.frame_size, saved.pose_model, saved.settings) == \
         (exact.channels, 25.0, 32, (256, 256), "styleflow-rk4-8", json.loads(json.dumps(exact.settings)))
     assert saved.settings["id_frame"] == reference["summary"]["id_frame"]
     save_encoding(str(tmp_path / "again.enc"), saved)
     again = load_encoding(str(tmp_path / "again.enc"))
-    for field in ("id_latent", "pose_deg", "offsets", "quad"):
+    for field in ("id_latent", "pose_deg", "offsets", "quad", "cond_src", "offset_scale"):
         np.testing.assert_array_equal(getattr(again, field), getattr(saved, field))
     assert (again.channels, again.settings, again.generator_fingerprint) == \
         (saved.channels, saved.settings, saved.generator_fingerprint)
