@@ -9,8 +9,9 @@ temporary folder with the bundled ffmpeg). For each: "before", the landmarks in 
 the timed run, as `stylejax.batch` keeps them). The landmarks must be identical (checked).
 
 Prints, per run: wall-clock frames/s on this machine now, the CPU time per frame of each part (the decode +
-track thread, the render thread, the landmark workers, the ffmpeg decoder) and the frames/s those imply on
-`--cores` idle cores: 1000 / max(busiest thread, workers' share, total / cores). The wall numbers mean little
+track thread, the render thread, the landmark workers on frames (their start-up, paid once per process, beside
+it), the ffmpeg decoder) and the frames/s those imply on `--cores` idle cores: 1000 / max(busiest thread,
+workers' share, total / cores). The wall numbers mean little
 on a shared machine (the load average is printed); the CPU numbers do not depend on the load.
 """
 import argparse
@@ -55,13 +56,14 @@ def bench(video, frames, size, workers, cores, refine=1):
     w, h = tf["frame_size"]
     timing = tf["timing_s"]
     main_ms, render_ms = 1000 * timing["main_thread_cpu"] / n, 1000 * timing["render_thread_cpu"] / n
-    workers_ms = 1000 * sum(pool.cpu_s) / n if pool is not None else 0.0
+    workers_ms = 1000 * sum(c or 0.0 for c in pool.cpu_s) / n if pool is not None else 0.0
     ffmpeg_ms = 1000 * ffmpeg_s / n
     total_ms = main_ms + render_ms + workers_ms + ffmpeg_ms
     busiest = max(main_ms, render_ms, workers_ms / max(workers, 1))
     idle_fps = 1000 / max(busiest, total_ms / cores)
     label = f"{w}x{h}, {'--no-refine, ' if not refine else ''}workers {workers}"
-    print(f"| {label} | {n / wall:.1f} | {main_ms:.1f} | {render_ms:.1f} | {workers_ms:.1f} | {ffmpeg_ms:.1f} | "
+    start = f" (+{sum(c or 0.0 for c in pool.start_cpu_s):.1f} s to start)" if pool is not None else ""
+    print(f"| {label} | {n / wall:.1f} | {main_ms:.1f} | {render_ms:.1f} | {workers_ms:.1f}{start} | {ffmpeg_ms:.1f} | "
           f"{total_ms:.1f} | **{idle_fps:.0f}** |", flush=True)
     return n / wall, idle_fps, tf["landmarks"]
 

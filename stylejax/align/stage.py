@@ -415,7 +415,7 @@ def define_paste_flags(fv):
 AUTO_WORKERS_MIN_FRAMES = 60
 
 
-def auto_workers(video: str) -> int:
+def auto_workers(video: str, max_frames: int | None = None) -> int:
     """Landmark workers for `video` when --workers is not given: none for short videos, else one per core."""
     from stylejax.align.workers import default_workers
 
@@ -423,12 +423,14 @@ def auto_workers(video: str) -> int:
         frames = probe(video).approx_frames
     except UserError:
         return 0  # align_video reports the problem
+    if max_frames is not None:
+        frames = min(frames, max_frames)
     return default_workers() if frames > AUTO_WORKERS_MIN_FRAMES else 0
 
 
 def run_align(args):
     cli.require(args, "video", "out")
-    workers = auto_workers(args.video) if args.workers is None else args.workers
+    workers = auto_workers(args.video, args.max_frames) if args.workers is None else args.workers
     stab = make_stabiliser(args.stabiliser, center_window=args.center_window, axes_window=args.axes_window,
                            order=args.order, center_sigma=args.center_sigma, axes_sigma=args.axes_sigma)
     tf = align_video(args.video, args.out, size=args.size, stabiliser=stab, keep_roll=args.keep_roll,

@@ -51,11 +51,12 @@ def _serve(tasks, results, parent_pid: int) -> None:
 
     cv2.setNumThreads(1)  # one frame per worker: the workers are the parallelism
     _models()
+    ready = time.process_time()
     results.put(("ready", None))
     while True:
         task = tasks.get()
-        if task is None:
-            results.put(("cpu_s", time.process_time()))  # for benchmarks: what this worker spent
+        if task is None:  # for benchmarks: CPU seconds on frames, and on starting (imports, dlib's models)
+            results.put(("cpu_s", (time.process_time() - ready, ready)))
             return
         seq, gray, box, refine = task
         try:
@@ -146,19 +147,25 @@ class LandmarkWorkers:
                 pass
 
     def close(self) -> None:
-        """Stops the workers; `cpu_s` then holds the CPU seconds they spent (None where unknown)."""
+        """Stops the workers; `cpu_s` then holds the CPU seconds each spent on frames, `start_cpu_s` on starting
+        (None where unknown)."""
         for q in self._tasks:
             try:
                 q.put(None)
             except (OSError, ValueError):
                 pass
-        self.cpu_s = []
+        self.cpu_s, self.start_cpu_s = [], []
         for k, p in enumerate(self._procs):
-            try:
-                key, value = self._results[k].get(timeout=5) if p.is_alive() else (None, None)
-            except queue.Empty:
-                key, value = None, None
-            self.cpu_s.append(value if key == "cpu_s" else None)
+            key, value = None, None
+            for _ in range(30):  # it may have put its answer and exited already: read the queue first
+                try:
+                    key, value = self._results[k].get(timeout=1.0)
+                    break
+                except queue.Empty:
+                    if not p.is_alive():
+                        break
+            self.cpu_s.append(value[0] if key == "cpu_s" else None)
+            self.start_cpu_s.append(value[1] if key == "cpu_s" else None)
             p.join(timeout=5)
             if p.is_alive():
                 p.kill()
