@@ -85,8 +85,7 @@ def list_videos(spec: str) -> list[Video]:
         root = _fixed_prefix_dir(spec)
         what = f"the pattern {spec!r}"
     elif os.path.isdir(spec):
-        paths = sorted(os.path.join(d, f) for d, _, files in os.walk(spec, followlinks=True) for f in files
-                       if f.lower().endswith(VIDEO_EXTENSIONS) and not f.startswith("."))
+        paths = sorted(_walk_videos(spec))
         root = spec
         what = f"the folder {spec} (looked for {', '.join(VIDEO_EXTENSIONS)})"
     elif os.path.isfile(spec):
@@ -114,6 +113,19 @@ def list_videos(spec: str) -> list[Video]:
         seen[vid] = p
         videos.append(Video(vid, p))
     return videos
+
+
+def _walk_videos(top):
+    """Video files under `top`, following links to folders but each folder once (a link cycle ends)."""
+    seen = set()
+    for d, dirs, files in os.walk(top, followlinks=True):
+        real = os.path.realpath(d)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [x for x in dirs if not x.startswith(".")]
+        yield from (os.path.join(d, f) for f in files if f.lower().endswith(VIDEO_EXTENSIONS) and not f.startswith("."))
 
 
 def _fixed_prefix_dir(pattern):

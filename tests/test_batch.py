@@ -348,3 +348,34 @@ def test_kill_a_process_then_rerun_encodes_each_video_once(dataset, tmp_path):
     kept = _stage_markers(os.path.join(work, victim.replace("/", "%2F")))
     assert {s: kept[s] for s in markers} == markers
     assert set(kept) == {"align", "invert", "select_id", "head_pose", "attributes"}
+
+
+def test_a_dead_alignment_process_fails_its_video_and_the_next_one_aligns(tmp_path):
+    pytest.importorskip("dlib")
+    pytest.importorskip("skimage.data")
+    from stylejax.align.background import AlignRunner, align_signature
+    from stylejax.demo import face_clip
+    from stylejax.io.video import write_video
+    from stylejax.workdir import Workdir
+
+    video = str(tmp_path / "a.mp4")
+    write_video(video, face_clip(4), 25.0)
+    align = {"max_gap": 15, "stabiliser": "poly"}
+    jobs = {}
+    for name in ("x", "y"):
+        wd = Workdir(str(tmp_path / name), video=video)
+        jobs[name] = {"id": name, "video": video, "workdir": wd.path, "size": 32, "align": align,
+                      "signature": align_signature(video, 32, align)}
+    runner = AlignRunner(0)
+    try:
+        runner.submit(jobs["x"])
+        runner.submit(jobs["y"])
+        os.kill(runner.proc.pid, signal.SIGKILL)  # e.g. the kernel's out-of-memory killer, while it starts on x
+        x = runner.wait("x")
+        assert x["status"] == "failed" and not x["final"]  # not the video's fault: a rerun tries it again
+        assert x["reason"].startswith("the alignment process died (exit code -9)")
+        y = runner.wait("y")  # a new process took the rest
+        assert y["status"] == "ok", y
+        assert Workdir(jobs["y"]["workdir"]).is_done("align", jobs["y"]["signature"])
+    finally:
+        runner.close()

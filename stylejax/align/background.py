@@ -71,25 +71,32 @@ def _align_process(jobs, results, parent_pid, workers):
 
 
 class AlignRunner:
-    """A CPU process aligning the next videos while this one's devices optimise the current video."""
+    """A CPU process aligning the next videos while this one's devices optimise the current video. If it dies
+    (out of memory, killed), the video it was on is reported failed (to be tried again by a rerun) and a new
+    process takes the other jobs."""
 
     def __init__(self, workers):
         self.workers = int(workers)
         self.proc = None
+        self.open = {}  # submitted, not yet answered: id -> job
         self.finished = {}
+
+    def _start(self):
+        import multiprocessing as mp
+
+        from stylejax.align.workers import _without_main_module
+
+        ctx = mp.get_context("spawn")
+        self.jobs, self.results = ctx.Queue(), ctx.Queue()
+        self.proc = ctx.Process(target=_align_process, args=(self.jobs, self.results, os.getpid(), self.workers),
+                                name="stylejax-align")
+        with _without_main_module():
+            self.proc.start()
 
     def submit(self, job):
         if self.proc is None:  # started with the first video that needs aligning
-            import multiprocessing as mp
-
-            from stylejax.align.workers import _without_main_module
-
-            ctx = mp.get_context("spawn")
-            self.jobs, self.results = ctx.Queue(), ctx.Queue()
-            self.proc = ctx.Process(target=_align_process, args=(self.jobs, self.results, os.getpid(), self.workers),
-                                    name="stylejax-align")
-            with _without_main_module():
-                self.proc.start()
+            self._start()
+        self.open[job["id"]] = job
         self.jobs.put(job)
 
     def wait(self, job_id):
@@ -98,19 +105,39 @@ class AlignRunner:
                 key, value = self.results.get(timeout=1.0)
             except queue.Empty:
                 if not self.proc.is_alive():
-                    raise RuntimeError(f"the alignment process died (exit code {self.proc.exitcode})") from None
+                    return self._died(job_id)
                 continue
             if key != "ready":
                 self.finished[key] = value
+                self.open.pop(key, None)
         return self.finished.pop(job_id)
 
-    def close(self):
-        """Stops the process (at once: its current video stays unfinished) before its videos' locks go."""
-        if self.proc is None:
-            return
-        if self.proc.is_alive():
-            self.proc.kill()
-        self.proc.join(timeout=10)
+    def _died(self, job_id):
+        code = self.proc.exitcode
+        self._stop()
+        self.open.pop(job_id, None)
+        again = list(self.open.values())
+        self.open.clear()
+        self.proc = None
+        for job in again:  # a new process for the videos after this one
+            self.submit(job)
+        return {"status": "failed", "final": False, "seconds": 0.0,
+                "reason": f"the alignment process died (exit code {code}); out of memory? fewer --align-workers"}
+
+    def _stop(self):
         for q in (self.jobs, self.results):
             q.close()
             q.cancel_join_thread()
+
+    def close(self):
+        """Stops the process (at once if it is busy: its video stays unfinished) before its videos' locks go."""
+        if self.proc is None:
+            return
+        if self.proc.is_alive() and not self.open:
+            self.jobs.put(None)  # idle: let it close its landmark workers
+            self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(timeout=10)
+        self._stop()
+        self.proc = None
