@@ -333,7 +333,6 @@ def run(args):
     quiet = args.json
     log = (lambda msg: None) if quiet else (
         lambda msg: print(f"[{processes.index}/{processes.count}] {msg}", file=sys.stderr, flush=True))
-    log(f"{processes.how}: process {processes.index} of {processes.count}")
     inputs = ([args.videos] if os.path.exists(args.videos) else []) + [v.path for v in videos] + \
         [p for p in (args.generator, args.e4e, args.styleflow, args.lpips, args.arcface) if p]
     out = BatchDir.check(args.out, inputs)  # before minutes of loading
@@ -341,6 +340,7 @@ def run(args):
     nets = pipeline.Nets.load(args.generator, args.e4e, args.styleflow, args.lpips, args.arcface)
     size = int(args.config.align.size) or int(nets.generator.config.resolution)
     bd = BatchDir(args.out, settings(nets, args.config, size), inputs=inputs)
+    log(f"{processes.how}: process {processes.index} of {processes.count}")  # after every check of the command
     workers = max(0, default_workers() - 1) if args.align_workers is None else args.align_workers
     stats, share = run_batch(bd, videos, nets, args.config, processes, align_workers=workers, prefetch=args.prefetch,
                       retry_failed=args.retry_failed, keep_workdirs=args.keep_workdirs, steal=args.steal,

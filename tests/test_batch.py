@@ -147,6 +147,41 @@ def test_claims_take_the_ends_of_the_fullest_shares(tmp_path):
     held.release()
 
 
+def _cli_error(argv, capsys):
+    from stylejax import batch
+
+    status = batch.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and err[0].startswith("error: "), (status, err)
+    return err[0]
+
+
+def test_bad_commands_are_one_line_errors(tmp_path, capsys):
+    _touch(tmp_path / "v" / "a.mp4")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "keep.txt").write_text("mine")
+    nets = ["--generator", "g", "--e4e", "e", "--styleflow", "f"]
+    videos = ["--videos", str(tmp_path / "v")]
+    out = ["--out", str(tmp_path / "out")]
+    before = sorted(os.listdir(tmp_path))
+    assert _cli_error(nets + out, capsys) == "error: --videos is required (see --help)"
+    assert _cli_error(nets + out + ["--videos", str(tmp_path / "nope")], capsys) == (
+        f"error: --videos {tmp_path / 'nope'}: no such file or folder; give a list file, a directory or a quoted "
+        "glob pattern")
+    assert _cli_error(nets + out + videos + ["--num-processes", "2", "--process-id", "2"], capsys) == (
+        "error: --process-id must be in 0..1 for --num-processes 2, got 2")
+    assert _cli_error(nets + out + videos + ["--process-id", "0"], capsys) == (
+        "error: --num-processes and --process-id go together")
+    assert _cli_error(nets + out + videos + ["--prefetch", "-1"], capsys) == (
+        "error: --prefetch must be a finite number >= 0, got -1")
+    msg = _cli_error(nets + videos + ["--out", str(tmp_path / "foreign")], capsys)
+    assert "is not empty and holds no batch.json: it is not a batch output" in msg
+    msg = _cli_error(nets + videos + ["--out", str(tmp_path / "v" / "out")], capsys)
+    assert "inside the input folder" in msg
+    assert sorted(os.listdir(tmp_path)) == before and (tmp_path / "foreign" / "keep.txt").read_text() == "mine"
+    assert os.listdir(tmp_path / "foreign") == ["keep.txt"] and os.listdir(tmp_path / "v") == ["a.mp4"]
+
+
 # ------------------------------------------------------------------------------------------------ whole runs
 
 @pytest.fixture(scope="module")
