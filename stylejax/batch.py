@@ -107,8 +107,7 @@ def encode_video(bd, video, wd, align, nets, config, processes, min_frames=1, ke
     """Encodes one aligned video of the batch and commits it (or records why it failed); returns its record."""
     from stylejax import pipeline
 
-    record = {"id": video.id, "video": video.path, "process": processes.index, **host_info(processes.index,
-                                                                                              processes.count),
+    record = {"id": video.id, "video": video.path, **host_info(processes.index, processes.count),
               "source": source_stamp(video.path), "align_seconds": round(align.get("seconds", 0.0), 3)}
     t0 = time.perf_counter()
     try:
@@ -361,7 +360,7 @@ def run(args):
     fps = stats["frames_encoded"] / stats["encode_s"] if stats["encode_s"] else 0.0
     message = (f"process {processes.index}/{processes.count}: {stats['encoded']} encoded now "
                f"({stats['frames_encoded']} frames, {fps:.1f} frames/s while optimising), {stats['failed']} failed now, "
-               f"{stats['already_done']} already done; devices busy {100 * (stats['device_busy_fraction'] or 0):.0f}% "
+               f"{stats['already_done']} done or failed before; devices busy {100 * (stats['device_busy_fraction'] or 0):.0f}% "
                f"of {stats['wall_s']:.0f} s. Batch: {counts['encoded']} encoded, {counts['failed']} failed, "
                f"{counts['pending']} unfinished" + (f" (processes lost: {gone})" if gone else "")
                + f"; summary in {os.path.join(bd.path, 'summary.csv')}")
