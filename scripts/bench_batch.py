@@ -10,14 +10,17 @@ first video), then per process count with the alignment overlapped (`--prefetch 
 process without it (`--prefetch 0`). Several processes run on localhost with `jax.distributed`.
 
 Prints a table: wall time, videos per hour, frames per second, scaling efficiency (throughput / (processes x
-the one-process throughput)), and per process the fraction of its wall time spent in the encoder (the stages
-and the evaluation: what keeps the devices busy) and the time it waited for alignment. On one 2-core machine
-the processes share the same cores, so this measures the overhead of running several, not the speed-up of
-several hosts.
+the one-process throughput)), the CPU seconds all processes of the run spent per video and the efficiency
+that implies for processes on their own hosts (one-process CPU / this run's CPU: the cost of the split, of
+starting each process and of meeting), and per process the fraction of its wall time spent in the encoder
+(the stages and the evaluation: what keeps the devices busy) and the time it waited for alignment. On one
+2-core machine the processes share the same cores, so the wall-clock efficiency measures contention, not the
+speed-up of several hosts; on a shared machine the wall times also move with the load (printed).
 """
 import argparse
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -65,17 +68,24 @@ def run(directory, nets, out, processes, prefetch, steps, cache):
     port = free_port()
     extra = lambda k: ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
                        "--process-id", str(k)] if processes > 1 else []
+    cpu0 = _children_cpu()
     t0 = time.perf_counter()
     procs = [subprocess.Popen(cmd + extra(k), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for k in range(processes)]
     outputs = [p.communicate() for p in procs]
     wall = time.perf_counter() - t0
+    cpu = _children_cpu() - cpu0  # every process of the run: the batch processes, alignment, ffmpeg
     results = []
     for p, (stdout, stderr) in zip(procs, outputs):
         if p.returncode != 0 or not stdout.strip():
             sys.exit(f"error: the batch failed (exit status {p.returncode}): {stderr.strip().splitlines()[-1:]}")
         results.append(json.loads(stdout.strip().splitlines()[-1]))
-    return wall, results
+    return wall, cpu, results
+
+
+def _children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def main():
@@ -93,23 +103,25 @@ def main():
         nets = make_dataset(d, args.videos, args.frames)
         cache = os.path.join(d, "jax-cache")
         run(d, nets, os.path.join(d, "warm-up"), 1, 1, steps, cache)  # fills the compilation cache
-        rows, base = [], None
+        rows, base, base_cpu = [], None, None
         for n, prefetch in [(n, 1) for n in counts] + [(1, 0)]:
-            wall, results = run(d, nets, os.path.join(d, f"out-{n}-{prefetch}"), n, prefetch, steps, cache)
+            wall, cpu, results = run(d, nets, os.path.join(d, f"out-{n}-{prefetch}"), n, prefetch, steps, cache)
             frames = sum(r["frames_encoded"] for r in results)
             videos = sum(r["encoded"] for r in results)
             if videos != args.videos:
                 sys.exit(f"error: {videos} of {args.videos} videos encoded")
             throughput = frames / wall
             if n == 1 and prefetch == 1:
-                base = throughput
+                base, base_cpu = throughput, cpu
             busy = ", ".join(f"{100 * r['device_busy_fraction']:.0f}%" for r in results)
             waited = ", ".join(f"{r['align_wait_s']:.1f}" for r in results)
             rows.append(f"| {n} | {'yes' if prefetch else 'no'} | {wall:.1f} | {3600 * videos / wall:.0f} | "
-                        f"{throughput:.2f} | {100 * throughput / (n * base):.0f}% | {busy} | {waited} |")
-    print("\n| processes | alignment overlapped | wall s | videos/hour | frames/s | scaling efficiency | "
-          "time in the encoder (per process) | waited for alignment, s (per process) |")
-    print("|---|---|---|---|---|---|---|---|")
+                        f"{throughput:.2f} | {100 * throughput / (n * base):.0f}% | {cpu / videos:.1f} | "
+                        f"{100 * base_cpu / cpu:.0f}% | {busy} | {waited} |")
+    print("\n| processes | alignment overlapped | wall s | videos/hour | frames/s | scaling efficiency (wall) | "
+          "CPU s per video | efficiency (CPU) | time in the encoder (per process) | waited for alignment, s "
+          "(per process) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
