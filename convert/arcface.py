@@ -5,7 +5,7 @@ import numpy as np
 from convert import ConversionError
 from convert._params_check import as_f32, check_network
 from convert.irse import bn_params, body_params_from_state_dict, infer_body_config
-from convert.safe_pickle import flatten_state_dict, load_torch_file
+from convert.safe_pickle import check_tensor_sizes, flatten_state_dict, load_torch_file
 from stylejax.nets import arcface
 
 
@@ -68,10 +68,26 @@ def convert_checkpoint(ckpt, src="checkpoint"):
     return config, params
 
 
+def select(ckpt):
+    """On the tensor views, before anything is copied (see `safe_pickle.load_torch_file`): no tensor larger
+    than the network its shapes describe needs, nor than the reference IR-SE50's."""
+    if not isinstance(ckpt, dict):
+        return ckpt
+    sd = flatten_state_dict(ckpt["state_dict"] if isinstance(ckpt.get("state_dict"), dict) else ckpt)
+    try:
+        config = infer_config({k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()})
+        check_tensor_sizes(sd, arcface.ArcFace.expected_shapes(config), "ArcFace network its shapes describe")
+    except (KeyError, ValueError, TypeError, IndexError):
+        pass  # not a complete ArcFace state dict: convert_checkpoint names the problem
+    check_tensor_sizes(sd, arcface.ArcFace.expected_shapes(arcface.ArcFaceConfig()), "reference ArcFace IR-SE50")
+    return ckpt
+
+
 def run(args):
     from stylejax.io import checkpoint
 
-    config, params = convert_checkpoint(load_torch_file(args.src, max_bytes=1 << 30), args.src)  # file ~175 MB
+    config, params = convert_checkpoint(load_torch_file(args.src, max_bytes=1 << 30, select=select),  # file ~175 MB
+                                        args.src)
     checkpoint.save_network(arcface.ArcFace(config, params), args.out, overwrite=args.overwrite,
                             inputs=[args.src], source=args.src)
     return {"message": f"ArcFace IR-SE (widths {list(config.body.widths)}, {config.embed_dim}-d embedding) -> {args.out}",

@@ -11,7 +11,7 @@ import numpy as np
 from convert import ConversionError
 from convert._params_check import as_f32, check_network
 from convert.irse import body_params_from_state_dict, conv_kernel, infer_body_config
-from convert.safe_pickle import flatten_state_dict, load_torch_file
+from convert.safe_pickle import check_tensor_sizes, flatten_state_dict, load_torch_file
 from stylejax.nets import e4e
 
 
@@ -126,11 +126,31 @@ def convert_checkpoint(ckpt, src="checkpoint"):
     return config, params
 
 
+def select(ckpt):
+    """On the tensor views, before anything is copied (see `safe_pickle.load_torch_file`): the encoder
+    weights, latent_avg and opts, each tensor no larger than the encoder its shapes describe needs, and none
+    larger than the reference FFHQ e4e's (so widened anchor shapes cannot describe a bigger network). The
+    decoder in the same file is not copied."""
+    if not isinstance(ckpt, dict):
+        return ckpt  # convert_checkpoint says what it is
+    sd = flatten_state_dict(ckpt["state_dict"] if isinstance(ckpt.get("state_dict"), dict) else ckpt)
+    encoder = {k: v for k, v in sd.items() if k.startswith("encoder.")}
+    tensors = {**(encoder or sd), "latent_avg": ckpt.get("latent_avg")}
+    try:
+        check_tensor_sizes(tensors, e4e.E4E.expected_shapes(infer_config(encoder)), "e4e encoder its shapes describe")
+    except (KeyError, ValueError, TypeError, IndexError):
+        pass  # not a complete e4e encoder: convert_checkpoint names the problem
+    check_tensor_sizes(tensors, e4e.E4E.expected_shapes(e4e.E4EConfig()), "reference FFHQ e4e encoder")
+    if not encoder:
+        return ckpt
+    return {"state_dict": encoder, "latent_avg": ckpt.get("latent_avg"), "opts": ckpt.get("opts")}
+
+
 def run(args):
     from stylejax.io import checkpoint
 
-    # e4e_ffhq_encode.pt (encoder + decoder + latent_avg) is ~1.2 GB
-    config, params = convert_checkpoint(load_torch_file(args.src, max_bytes=2 << 30), args.src)
+    # e4e_ffhq_encode.pt (encoder + decoder + latent_avg) is ~1.2 GB; only the encoder part is copied
+    config, params = convert_checkpoint(load_torch_file(args.src, max_bytes=2 << 30, select=select), args.src)
     checkpoint.save_network(e4e.E4E(config, params), args.out, overwrite=args.overwrite, inputs=[args.src],
                             source=args.src)
     return {"message": f"e4e encoder ({config.n_styles} styles, widths {list(config.body.widths)}) -> {args.out}; "

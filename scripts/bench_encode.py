@@ -23,7 +23,10 @@ the T = 1 program's count, because XLA counts a `lax.map` body once, not once pe
 and on GPU/TPU the MFU against the bf16 dense peak (from the device kind, or --peak-tflops). Memory: on CPU
 the compiled program's memory_analysis() (arguments + outputs + temporaries); on GPU
 memory_stats()['peak_bytes_in_use'] after the step (a process-wide high-water mark, so T runs in increasing
-order; the compiled figure is in the --json rows too).
+order; the compiled figure is in the --json rows too). `temp MiB`: the compiled step's temporaries alone
+(memory_analysis().temp_size_in_bytes), which is what a grouped step bounds: with --compare-microbatch 0,8,old8
+they should grow with the group for `8` and with T for `0` and `old8` (differentiated through the map, whose
+backward loop keeps every group's activations).
 
 --microbatch: -1 (default) = what the encoder uses (`parallel.default_microbatch`); 0 = the whole batch at
 once; m = sequential groups of m frames inside the step. --compare-microbatch 0,8,old8 times several
@@ -302,6 +305,7 @@ def bench_stage(stage, nets_all, config, ts, args, micro_settings, out_rows, log
                    "batched_cpu_ms": 1e3 * best_cpu[m], "loop_cpu_ms": 1e3 * best_loop_cpu, "loop_frames": n_loop,
                    "gflop_per_fs": flops / 1e9, "gflop_from_T1": grouped,
                    "mem_compiled_mb": compiled_bytes(comp) / 2 ** 20,
+                   "temp_mb": comp.memory_analysis().temp_size_in_bytes / 2 ** 20,
                    "mem_device_peak_mb": None if mem_device is None else mem_device / 2 ** 20,
                    "mfu": (flops * rate / (peak * 1e12)) if (gpu and peak) else None,
                    "loop_mfu": (flops_1 * loop_rate / (peak * 1e12)) if (gpu and peak) else None,
@@ -312,7 +316,7 @@ def bench_stage(stage, nets_all, config, ts, args, micro_settings, out_rows, log
 
 
 HEADER = (f"{'stage':>10} {'T':>4} {'mb':>4} {'batched f-s/s':>13} {'loop f-s/s':>10} {'ratio':>6} {'cpu-ratio':>9} "
-          f"{'GFLOP/f-s':>9} {'mem MiB':>8} {'MFU':>6}")
+          f"{'GFLOP/f-s':>9} {'mem MiB':>8} {'temp MiB':>8} {'MFU':>6}")
 
 
 def format_row(r):
@@ -320,7 +324,7 @@ def format_row(r):
     mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] is not None else "   n/a"
     flops = f"{r['gflop_per_fs']:8.3f}" + ("*" if r["gflop_from_T1"] else " ")
     return (f"{r['stage']:>10} {r['T']:>4} {str(r['microbatch']):>4} {r['batched_fs']:13.2f} {r['loop_fs']:10.2f} "
-            f"{r['ratio']:5.2f}x {r['cpu_ratio']:8.2f}x {flops} {mem:8.1f} {mfu:>6}")
+            f"{r['ratio']:5.2f}x {r['cpu_ratio']:8.2f}x {flops} {mem:8.1f} {r['temp_mb']:8.1f} {mfu:>6}")
 
 
 # ------------------------------------------------------------------------------------------------ encode
@@ -329,7 +333,7 @@ def encode_clip(config_name, g, e4e, flow, lp, frames_n, dtype, log):
     """Wall time of pipeline.encode (default settings, configs/encode.py) on a synthetic clip of random
     generator samples with synthetic landmarks; returns the summary (with stage_seconds)."""
     from stylejax import pipeline
-    from stylejax.demo import load_config, synthetic_landmarks
+    from stylejax.demo import load_config, synthetic_alignment
 
     config = load_config(os.path.join(REPO, "configs", "encode.py"))
     config.dtype = str(jnp.dtype(dtype))
@@ -341,13 +345,9 @@ def encode_clip(config_name, g, e4e, flow, lp, frames_n, dtype, log):
                              for i in range(0, frames_n, 8)])
     t = np.arange(frames_n) / max(frames_n, 1)
     pose = np.stack([8 * np.sin(2 * np.pi * t), 4 * np.sin(4 * np.pi * t), 2 * np.sin(2 * np.pi * t)], 1)
-    quad = np.tile(np.array([[0, 0], [0, res], [res, res], [res, 0]], np.float64) - 0.5, (frames_n, 1, 1))
     with tempfile.TemporaryDirectory() as tmp:
         workdir = pipeline.Workdir(os.path.join(tmp, "workdir"))
-        pipeline.write_aligned(workdir, frames, quad=quad, roll_deg=pose[:, 2], fps=np.float64(25.0),
-                               frame_size=np.array([256, 256], np.int32), size=np.int32(res),
-                               landmarks=synthetic_landmarks(pose).astype(np.float32),
-                               valid=np.ones(frames_n, bool))
+        pipeline.write_aligned(workdir, frames, **synthetic_alignment(pose, res, tilt_deg=0.0))
         nets = pipeline.Nets(generator=g, e4e=e4e, styleflow=flow, lpips=lp, paths={}).check()
         t0 = time.perf_counter()
         _, summary = pipeline.encode(workdir, nets, config, out=os.path.join(tmp, "clip.enc"), log=log)

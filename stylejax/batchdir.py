@@ -253,34 +253,23 @@ class BatchDir:
 
     @staticmethod
     def check(path, inputs=()):
-        """The checks of --out that need no settings (creates nothing); returns the resolved path."""
-        real = atomic.resolve_output(path, "--out")
-        atomic.check_not_input(real, list(inputs), "--out")
-        if os.path.lexists(real):
-            if not os.path.isdir(real):
-                raise BatchError(f"--out {real} exists and is not a directory; give a new or empty directory, or "
-                                 "the --out of an earlier batch run")
-            if set(os.listdir(real)) - {COMPILE_CACHE} and not os.path.isfile(os.path.join(real, MARKER)):
-                raise BatchError(f"--out {real} is not empty and holds no {MARKER}: it is not a batch output; give a "
-                                 "new or empty directory, or the --out of an earlier batch run")
-        elif not os.path.isdir(os.path.dirname(real)):
-            raise BatchError(f"cannot create --out {real}: {os.path.dirname(real)} does not exist")
-        return real
+        """The checks of --out that need no settings (creates nothing; `atomic.check_outputs`: never an input
+        or inside one, a writable place, a new or empty folder or an earlier batch output, which is resumed);
+        returns the resolved path."""
+        return atomic.check_outputs([atomic.Output(path, "--out", is_batch_folder,
+                                                   f"a batch output (a folder holding {MARKER})", folder=True,
+                                                   resume=True)], inputs)[0]
 
     def _check_settings(self, marker, settings):
         want = {"stylejax_batch": 1, "settings": settings}
         if not os.path.isfile(marker):
-            tmp = f"{marker}.tmp-{socket.gethostname()}-{os.getpid()}"
-            atomic.write_json(tmp, want)
+            claim = atomic.Temporary(marker)  # a claimed temporary: the next run removes it after a kill -9
             try:
-                os.link(tmp, marker)  # no-replace: with several processes starting at once, the first one wins
-            except FileExistsError:
-                pass
-            except OSError:  # no hard links on this file system
-                if not os.path.exists(marker):
-                    os.replace(tmp, marker)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
+                with open(claim.path, "x") as f:
+                    f.write(json.dumps(want, indent=2) + "\n")
+                publish(claim.path, marker)  # never replacing: with several processes starting at once, one wins
+            finally:
+                claim.release()
         have = atomic.read_json(marker, "batch marker")
         if have.get("settings") != settings:
             old, new = have.get("settings") or {}, settings
@@ -420,6 +409,13 @@ class BatchDir:
                 with open(p) as f:
                     out.append(json.load(f))
         return out
+
+
+def is_batch_folder(path):
+    """An earlier batch output (its marker), or a folder holding only what a batch makes before its marker:
+    the compilation cache and the marker's claimed temporary (left by a `kill -9`; removed by the next run)."""
+    return os.path.isfile(os.path.join(path, MARKER)) or all(
+        e == COMPILE_CACHE or e.startswith(f".{MARKER}.partial-") for e in os.listdir(path))
 
 
 def source_stamp(path):

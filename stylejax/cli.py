@@ -12,12 +12,16 @@ Every command gets the same behaviour: `-h/--help`; unknown or malformed flags, 
 any `UserError` (or `OSError` from the file system) print one line `error: ...` and exit with status 2;
 `--json` silences progress bars and prints the summary as one JSON object on the last line of stdout.
 Each command has its own `FlagValues`, so commands can be imported (and run) side by side in one process.
+Ctrl-C (exit status 130) and SIGTERM (143) stop a command within about a second, even in the middle of a long
+jitted computation, and leave no temporary output behind (`_Watchdog`).
 """
+import contextlib
 import json
 import math
 import os
 import signal
 import sys
+import threading
 import types
 
 from absl import flags
@@ -125,6 +129,90 @@ def _on_sigterm_exit():
         return None
 
 
+GRACE_S = 1.0  # how long the main thread gets to stop by itself after Ctrl-C or SIGTERM
+
+
+def _kill_children():
+    """SIGKILLs this process's child processes (Linux: /proc/self/task/*/children); elsewhere does nothing."""
+    pids = set()
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+    except OSError:
+        return
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+class _Watchdog:
+    """Makes Ctrl-C and SIGTERM stop a command promptly, even inside a long jitted computation.
+
+    Python runs a signal handler only when the main thread gets back to Python code, which a running XLA
+    computation (or compilation) does not do for minutes. The C-level handler still writes the signal number
+    to a wakeup pipe at once; a thread reading it gives the main thread `GRACE_S` to stop by itself (its
+    `finally` blocks remove the outputs' temporaries). If it has not, the thread removes every claimed
+    temporary of this process (`stylejax.io.atomic.remove_live_temporaries`, which waits for an output being
+    swapped into place to finish), after ending its child processes (ffmpeg), and ends the process with the
+    status the main thread would have given."""
+
+    def __init__(self):
+        self.finished = threading.Event()
+        self._pipe = os.pipe()
+        os.set_blocking(self._pipe[1], False)
+        try:
+            self._previous = signal.set_wakeup_fd(self._pipe[1], warn_on_full_buffer=False)
+        except ValueError:  # not the main thread
+            self._close_pipe()
+            self._pipe = None
+            return
+        threading.Thread(target=self._watch, name="stylejax-signal-watchdog", daemon=True).start()
+
+    def _watch(self):
+        try:
+            self._wait_for_signal()
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(self._pipe[0])
+
+    def _wait_for_signal(self):
+        while True:
+            try:
+                data = os.read(self._pipe[0], 1)
+            except OSError:
+                return
+            if not data or self.finished.is_set():
+                return  # closed: the command ended
+            signum = data[0]
+            if signum not in (signal.SIGINT, signal.SIGTERM):
+                continue
+            if self.finished.wait(GRACE_S):
+                return
+            from stylejax.io import atomic
+
+            _kill_children()  # ffmpeg writers/readers: none may (re)create a temporary after it is removed
+            atomic.remove_live_temporaries()
+            if self.finished.is_set():  # it stopped by itself meanwhile: let it finish normally
+                return
+            if signum == signal.SIGINT:
+                os.write(2, b"error: interrupted\n")
+            os._exit(130 if signum == signal.SIGINT else 128 + signum)
+
+    def close(self):
+        """The command ended: the watchdog stops (closing the write end wakes its thread with end-of-file)."""
+        self.finished.set()
+        if self._pipe is not None:
+            signal.set_wakeup_fd(self._previous)
+            with contextlib.suppress(OSError):
+                os.close(self._pipe[1])
+
+    def _close_pipe(self):
+        for fd in self._pipe:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 def run(prog, doc, define, main, argv=None):
     """Parses flags, runs `main(args)`, prints its summary; returns the exit status (0 or 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -139,6 +227,7 @@ def run(prog, doc, define, main, argv=None):
         return error(f"{e} (see {prog} --help)")
     _STATE["quiet"] = bool(args.json)
     previous = _on_sigterm_exit()
+    watchdog = _Watchdog() if previous is not None else None
     try:
         summary = main(args)
     except UserError as e:
@@ -151,6 +240,8 @@ def run(prog, doc, define, main, argv=None):
         return 130
     finally:
         _STATE["quiet"] = False
+        if watchdog is not None:
+            watchdog.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     summary = summary or {}

@@ -7,7 +7,9 @@ metrics, and by what comes next (puppeteering, fine-tuning):
     styles_t = apply_offsets(g, ws_t, offsets_t, flat_index, offset_scale)   StyleSpace channel offsets
     image_t  = g.synthesize_from_styles(styles_t)                            roll is re-applied in the image
 
-Pure functions of networks passed as arguments (pytrees); nothing here reads files.
+Pure functions of networks passed as arguments (pytrees); nothing here reads files. `check_fits` refuses,
+with one line, an encoding that is a valid file but cannot drive the given networks; `iter_renders` (and so
+everything that decodes an encoding) runs it first.
 """
 import functools
 
@@ -15,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stylejax.errors import UserError
 from stylejax.nets.styleflow import PITCH_INDEX, YAW_INDEX
-from stylejax.nets.stylespace import channel_to_flat_index, flatten_styles, unflatten_styles
+from stylejax.nets.stylespace import channel_to_flat_index, flatten_styles, layer_dims, unflatten_styles
 
 POSE_ROWS = slice(0, 4)  # StyleFlow edits W+ rows 0-3 for yaw and pitch (reference facts 4.3)
 COND_DIM = 17  # StyleFlow's condition: 9 lighting + 8 attributes
@@ -70,13 +73,50 @@ def render_frames(g, flow, id_latent, cond_src, yaw, pitch, offsets, offset_scal
     return decode(g, flow, id_latent, cond_src, yaw, pitch, offsets, flat_index, rk4_steps, offset_scale, noise_mode)
 
 
+class DecodeError(UserError):
+    """An encoding (a valid file) that does not fit the networks asked to decode it."""
+
+
+def check_fits(enc, g, flow, name="this encoding"):
+    """Refuses an encoding that passes the file checks (`stylejax.io.encoding`, which also bounds its
+    settings) but does not fit the generator `g` and StyleFlow `flow` that would decode it: its resolution,
+    identity latent shape, channel names, StyleFlow's source condition (present; StyleFlow's width), and the
+    flow against the generator.
+    One line naming the problem, before anything is computed."""
+    gc, fc = g.config, flow.config
+    bad = lambda why: DecodeError(f"{name} does not fit the networks: {why}")
+    if enc.resolution != gc.resolution:
+        raise bad(f"it is for a {enc.resolution}px generator, this one renders {gc.resolution}px; render with the "
+                  "generator used to encode")
+    rows, width = enc.id_latent.shape
+    if (rows, width) != (gc.num_ws, gc.w_dim):
+        raise bad(f"its identity latent has {rows} W+ rows of {width}, the generator takes {gc.num_ws} of "
+                  f"{gc.w_dim}")
+    if gc.num_ws < POSE_ROWS.stop:
+        raise bad(f"the generator has {gc.num_ws} W+ rows; the pose edit needs {POSE_ROWS.stop}")
+    dims = layer_dims(gc)
+    for ch in enc.channels:
+        layer, channel = (int(v) for v in ch.split("_"))
+        if layer >= len(dims):
+            raise bad(f"channel {ch!r} names StyleSpace layer {layer}, the generator has layers 0-{len(dims) - 1}")
+        if channel >= dims[layer]:
+            raise bad(f"channel {ch!r} names channel {channel} of StyleSpace layer {layer}, which has {dims[layer]}")
+    if enc.cond_src is None:  # a version-1 file whose settings lack it
+        raise bad("it has no 'cond_src' (the identity frame's StyleFlow condition, which the pose edit starts "
+                  "from); re-encode the video")
+    if len(enc.cond_src) != fc.cond_dim or fc.cond_dim != COND_DIM:
+        raise bad(f"its 'cond_src' has {len(enc.cond_src)} values, StyleFlow's condition has {fc.cond_dim} (the "
+                  f"pose edit needs {COND_DIM})")
+    if fc.dim != gc.w_dim:
+        raise bad(f"StyleFlow acts on {fc.dim}-d W rows, the generator's are {gc.w_dim}-d")
+
+
 def iter_renders(enc, g, flow, chunk=8):
-    """Yields (lo, hi, images [B, res, res, 3] float32) of an encoding's level (roll-free) re-synthesis."""
+    """Yields (lo, hi, images [B, res, res, 3] float32) of an encoding's level (roll-free) re-synthesis.
+    Refuses first, with one line, an encoding that does not fit the networks (`check_fits`)."""
     from stylejax.parallel import pad_frames
 
-    if enc.cond_src is None:
-        from stylejax.io.encoding import EncodingError
-        raise EncodingError("this encoding has no StyleFlow source condition (cond_src): re-encode it")
+    check_fits(enc, g, flow)
     flat_index = flat_indices(enc.channels, g.config)
     cond = jnp.asarray(enc.cond_src)
     steps, noise = enc.rk4_steps, enc.settings.get("noise_mode", "const")

@@ -39,7 +39,8 @@ def define_flags(fv):
     flags.DEFINE_integer("id-frame", None, "force the identity frame", flag_values=fv)
     flags.DEFINE_string("channels", None, "override --config.attributes.channels: default, auto or a JSON file",
                         flag_values=fv)
-    flags.DEFINE_bool("overwrite", False, "replace an existing --out encoding", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "replace an existing --out encoding (never another kind of file)",
+                      flag_values=fv)
     flags.DEFINE_enum("format", "v2", ["v1", "v2"], "encoding file format: v2 (identity and motion parts, offsets "
                       "in channel standard deviations) or v1 (the first format, for older readers)", flag_values=fv)
     config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "encoder settings (ml_collections config file)",
@@ -61,8 +62,19 @@ def run(args):
         config.attributes.channels = args.channels
     if args.id_frame is not None and args.id_frame < 0:
         raise pipeline.PipelineError(f"--id-frame must be >= 0, got {args.id_frame}")
+    from stylejax.io.encoding import MAX_RK4_STEPS
+
+    steps = config.head_pose.rk4_steps
+    if not (isinstance(steps, int) and 1 <= steps <= MAX_RK4_STEPS):  # the encoding records it for rendering
+        raise pipeline.PipelineError(f"--config.head_pose.rk4_steps must be a whole number in [1, {MAX_RK4_STEPS}], "
+                                     f"got {steps!r}")
+    from stylejax.io import atomic
     from stylejax.io.video import probe
 
+    # every output against every input, and each output's place, before anything is created or computed
+    inputs = [args.video, args.generator, args.e4e, args.styleflow, args.lpips, args.arcface,
+              args.channels if args.channels not in ("default", "auto") else None]
+    atomic.check_outputs(pipeline.encode_outputs(args.out, args.workdir), inputs, args.overwrite)
     probe(args.video)  # one-line error for a missing or broken video before loading any network
     nets = pipeline.Nets.load(args.generator, args.e4e, args.styleflow, args.lpips, args.arcface)
     workdir = pipeline.Workdir(args.workdir, video=args.video)

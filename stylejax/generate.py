@@ -62,8 +62,8 @@ def define_flags(fv):
     flags.DEFINE_string("checkpoint", None, "converted generator directory", flag_values=fv)
     flags.DEFINE_string("seeds", None, "z seeds, e.g. 0-3 or 1,5,9", flag_values=fv)
     flags.DEFINE_string("ws", None, ".npy of W+ latents [B, num_ws, w_dim] (or [num_ws, w_dim])", flag_values=fv)
-    flags.DEFINE_float("trunc", 1.0, "truncation psi (seeds only)", flag_values=fv)
-    flags.DEFINE_integer("trunc-cutoff", None, "truncate only the first N ws rows", flag_values=fv)
+    flags.DEFINE_float("trunc", 1.0, "truncation psi (--seeds only; refused with --ws)", flag_values=fv)
+    flags.DEFINE_integer("trunc-cutoff", None, "truncate only the first N ws rows (--seeds only)", flag_values=fv)
     flags.DEFINE_enum("noise-mode", "const", ["const", "random", "none"], "noise maps", flag_values=fv)
     flags.DEFINE_integer("noise-seed", 0, "PRNG seed for --noise-mode random (image i uses fold_in(key, i))",
                          flag_values=fv)
@@ -122,6 +122,9 @@ def _read_ws(path, cfg):
         raise UsageError(f"cannot read --ws {path}: {e}") from None
     if not isinstance(ws, np.ndarray):  # an .npz archive
         raise UsageError(f"cannot read --ws {path}: an .npz archive; pass one array saved with numpy.save")
+    if ws.dtype.kind != "f":  # a cast would drop imaginary parts or parse strings
+        raise UsageError(f"--ws {path} holds {ws.dtype} values; give real floating-point latents "
+                         "(float16, float32 or float64)")
     ws = ws.astype(np.float32)
     if ws.ndim == 2:
         ws = ws[None]
@@ -130,7 +133,7 @@ def _read_ws(path, cfg):
     if len(ws) == 0:
         raise UsageError(f"--ws {path} holds no latents (shape {list(ws.shape)})")
     if not np.all(np.isfinite(ws)):
-        raise UsageError(f"--ws {path} contains NaN or inf values")
+        raise UsageError(f"--ws {path} contains NaN or inf values (or values beyond float32's range)")
     return ws
 
 
@@ -148,6 +151,10 @@ def run(args):
         raise UsageError(f"--batch must be >= 1, got {args.batch}")
     if not np.isfinite(args.trunc):
         raise UsageError(f"--trunc must be a finite number, got {args.trunc}")
+    if args.ws is not None and (args.trunc != 1.0 or args.trunc_cutoff is not None):
+        # truncation happens in the mapping network, which --ws latents skip: refuse rather than ignore it
+        raise UsageError("--trunc and --trunc-cutoff apply to --seeds only (the mapping network truncates); "
+                         "--ws latents are rendered as given: truncate them before saving, or drop --trunc")
     if args.trunc_cutoff is not None and args.trunc_cutoff < 0:
         raise UsageError(f"--trunc-cutoff must be >= 0 (the number of ws rows to truncate), got {args.trunc_cutoff}")
     outdir = atomic.resolve_output(args.outdir, "--outdir")

@@ -1,9 +1,11 @@
 """The per-frame optimiser shared by the invert, head-pose and attribute stages.
 
 Every frame of a chunk is its own problem (parameters `[T, ...]`, loss `[T]`). The objective of one step is
-the *sum* of the per-frame losses and Adam is element-wise, so each frame follows exactly the trajectory it
-would follow alone: results do not depend on the chunk size or the device count, and one jitted step does
-all frames at once (no Python loop over frames).
+the *sum* of the per-frame losses and Adam is element-wise, so each frame follows the trajectory it would
+follow alone, and one jitted step does all frames at once (no Python loop over frames). Alone up to float32
+rounding: the same chunk size and device count give the same bits, another chunk size, device count or CPU
+runs other kernels that round differently, and Adam amplifies that where a frame's gradient is near zero
+(docs/encoder.md, "Batching and determinism").
 """
 import jax
 import jax.numpy as jnp

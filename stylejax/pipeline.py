@@ -39,10 +39,7 @@ def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] 
     (if given, in file format `format_version`) and returns (Encoding, summary dict with per-stage times)."""
     times = {}
     if out is not None:
-        out_real = atomic.resolve_output(out, "--out")
-        atomic.check_not_input(out_real, [video] + list(nets.paths.values()), "--out")
-        if os.path.exists(out_real) and not overwrite:
-            raise PipelineError(f"--out {out_real} already exists; choose another path or pass --overwrite")
+        out_real = atomic.check_outputs(encode_outputs(out), [video] + list(nets.paths.values()), overwrite)[0]
     if video is not None:
         t0 = time.perf_counter()
         run_align(workdir, video, nets.generator.config.resolution, config, log=align_log or log)
@@ -52,6 +49,7 @@ def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] 
     if id_frame is not None and id_frame >= 0:
         config.select_id.frame = int(id_frame)
     ctx = make_context(workdir, nets, config, log)
+    select_id.check_forced(int(config.select_id.frame), ctx.num_frames)  # before inverting the whole video
     for name, module in ENCODER_STAGES:
         t0 = time.perf_counter()
         module.run(ctx)
@@ -69,6 +67,16 @@ def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] 
                    bytes_per_frame=enc.bytes_per_frame, id_frame=int(json.load(open(workdir.file("select_id", "id.json")))["frame"]),
                    chunk_size=ctx.chunk, devices=int(ctx.mesh.devices.size))
     return enc, summary
+
+
+def encode_outputs(out, workdir=None):
+    """encode's outputs for `atomic.check_outputs`: the encoding (--overwrite replaces only an encoding) and
+    the work directory (a marked one is resumed; anything else must be new or empty)."""
+    from stylejax.io.encoding import is_encoding_file
+
+    return [atomic.Output(out, "--out", is_encoding_file, "a stylejax encoding"),
+            atomic.Output(workdir, "--workdir", lambda p: os.path.isfile(os.path.join(p, MARKER)),
+                          "a stylejax work directory", folder=True, resume=True)]
 
 
 def run_align(workdir, video, resolution, config, log=print):

@@ -31,7 +31,8 @@ def define_flags(fv):
                         flag_values=fv)
     flags.DEFINE_string("aligned", None, "aligned frames.npy for --side-by-side (default: recorded work directory)",
                         flag_values=fv)
-    flags.DEFINE_bool("overwrite", False, "replace an existing --out", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "replace existing --out / --side-by-side videos (never another kind of file)",
+                      flag_values=fv)
 
 
 def main(argv=None):
@@ -39,7 +40,9 @@ def main(argv=None):
 
 
 def load_for_render(path, generator=None, styleflow=None):
-    """(Encoding, Generator, StyleFlow) with the generator's fingerprint checked against the encoding."""
+    """(Encoding, Generator, StyleFlow) with the generator's fingerprint checked against the encoding, and the
+    encoding checked against both networks (`stylejax.decoder.check_fits`)."""
+    from stylejax.decoder import check_fits
     from stylejax.errors import UserError
     from stylejax.io.encoding import load_encoding
     from stylejax.io.checkpoint import load
@@ -56,19 +59,27 @@ def load_for_render(path, generator=None, styleflow=None):
     if want and fingerprint(flow) != want:
         raise UserError(f"encoding {path} was made with StyleFlow {want}, {fpath} is {fingerprint(flow)}: render "
                         "with the StyleFlow used to encode")
+    check_fits(enc, g, flow, f"encoding {path}")
     return enc, g, flow
 
 
 def run(args):
-    from stylejax.stages.render import render_video
+    from stylejax.io import atomic
+    from stylejax.stages.render import render_outputs, render_video
 
     if len(args.positional) != 1:
         raise UserError("give exactly one encoding file: python -m stylejax.render ENC --out OUT.mp4")
     cli.require(args, "out")
-    enc, g, flow = load_for_render(args.positional[0], args.generator, args.styleflow)
+    path = args.positional[0]
+    # every output against every input named on the command line, before anything is loaded or written
+    inputs = [path, args.paste_back, args.aligned, args.generator, args.styleflow]
+    atomic.check_outputs(render_outputs(args.out, args.side_by_side), inputs, args.overwrite)
+    enc, g, flow = load_for_render(path, args.generator, args.styleflow)
     aligned = args.aligned or enc.settings.get("aligned")
+    recorded = enc.settings.get("networks", {})
     n = render_video(enc, g, flow, args.out, paste_back=args.paste_back, side_by_side=args.side_by_side,
-                     aligned=aligned if args.side_by_side else None, overwrite=args.overwrite)
+                     aligned=aligned if args.side_by_side else None, overwrite=args.overwrite,
+                     inputs=inputs + [aligned, recorded.get("generator"), recorded.get("styleflow")])
     return {"message": f"rendered {n} frames ({enc.resolution}px) to {args.out}", "frames": n,
             "out": os.path.realpath(args.out), "side_by_side": args.side_by_side}
 

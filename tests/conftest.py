@@ -3,8 +3,12 @@ import sys
 
 import pytest
 
+import numerics
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+if numerics.varied():  # before any test starts JAX's CPU backend
+    numerics.vary_this_process()
 DATA = os.path.join(REPO, "tests", "data")
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
 FIXTURES = os.path.join(SHARED, "fixtures")
@@ -12,6 +16,10 @@ FIXTURES = os.path.join(SHARED, "fixtures")
 
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", help="also run full-size (1024², config-f) tests")
+
+
+def pytest_report_header(config):
+    return numerics.describe()
 
 
 def pytest_configure(config):

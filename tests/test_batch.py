@@ -21,6 +21,7 @@ import pytest
 
 from conftest import REPO
 from stylejax.batchdir import BatchDir, BatchError, VideoLock, list_videos, publish, split_by_frames
+from stylejax.io.atomic import OutputError
 
 FACE_CLIPS = {"talk/a": 4, "b": 3}  # id -> frames: one chunk of 4 each (the programs compile once)
 STEPS = ["--config", os.path.join(REPO, "configs", "encode_tiny.py"), "--config.chunk_size=4",
@@ -112,8 +113,22 @@ def test_commit_never_replaces_an_encoding(tmp_path):
     with pytest.raises(BatchError, match=r"holds encodings made with other settings \(config differ\); use a new "
                                          r"--out"):
         BatchDir(str(tmp_path / "out"), {"config": "y"})
-    with pytest.raises(BatchError, match="is not empty and holds no batch.json: it is not a batch output"):
+    with pytest.raises(OutputError, match=r"exists and is not a batch output \(a folder holding batch.json\); "
+                                          "give a new or empty directory"):
         BatchDir(str(tmp_path / "in"), {"config": "x"})
+
+
+def test_a_folder_left_by_a_killed_start_is_resumed_and_its_temporary_removed(tmp_path):
+    from stylejax.io import atomic
+
+    # what a kill -9 while writing the marker leaves: the claimed temporary, its lock file free
+    out = tmp_path / "out"
+    (out / "compile-cache").mkdir(parents=True)
+    (out / ".batch.json.partial-123-0123abcd").write_text('{"stylejax_batch": 1')
+    (out / ".batch.json.partial-123-0123abcd.lock").write_bytes(atomic._CLAIM)
+    BatchDir(str(out), {"config": "x"})
+    assert sorted(os.listdir(out)) == ["batch.json", "compile-cache", "encodings", "processes", "results", "work"]
+    assert atomic.read_json(str(out / "batch.json")) == {"stylejax_batch": 1, "settings": {"config": "x"}}
 
 
 def _touch(path):
@@ -175,7 +190,7 @@ def test_bad_commands_are_one_line_errors(tmp_path, capsys):
     assert _cli_error(nets + out + videos + ["--prefetch", "-1"], capsys) == (
         "error: --prefetch must be a finite number >= 0, got -1")
     msg = _cli_error(nets + videos + ["--out", str(tmp_path / "foreign")], capsys)
-    assert "is not empty and holds no batch.json: it is not a batch output" in msg
+    assert "exists and is not a batch output (a folder holding batch.json); give a new or empty directory" in msg
     msg = _cli_error(nets + videos + ["--out", str(tmp_path / "v" / "out")], capsys)
     assert "inside the input folder" in msg
     assert sorted(os.listdir(tmp_path)) == before and (tmp_path / "foreign" / "keep.txt").read_text() == "mine"

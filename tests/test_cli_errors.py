@@ -112,12 +112,21 @@ def sandbox(tmp_path_factory):
     save_transforms(str(d / "aligned" / "transforms.npz"), quad=np.stack([quad] * 3),
                     frame_size=np.array([64, 64], np.int32))
     shutil.copy(d / "small.mp4", d / "pasted.mp4")
+    # crops that do not match the 3 transforms one to one (were pasted silently, the shorter run)
+    for name, n in (("aligned_short", 2), ("aligned_long", 4)):
+        (d / name).mkdir()
+        np.save(d / name / "frames.npy", np.full((n, 32, 32, 3), 128, np.uint8))
+    write_video(str(d / "crops_short.mp4"), [np.full((32, 32, 3), v, np.uint8) for v in (60, 70)], 10)
+    write_video(str(d / "crops_long.mp4"), [np.full((32, 32, 3), v, np.uint8) for v in (60, 70, 80, 90)], 10)
+    write_video(str(d / "short.mp4"), [np.full((64, 64, 3), v, np.uint8) for v in (60, 70)], 10)
     os.mkfifo(d / "pipe.mp4")
     # bad array files
     (d / "text.npy").write_text("these are my notes, not an array\n")
     (d / "text.npz").write_text("these are my notes, not an archive\n")
     np.savez(d / "ws.npz", ws=np.zeros((1, 8, 64), np.float32))
     np.save(d / "ws_empty.npy", np.zeros((0, 8, 64), np.float32))
+    np.save(d / "ws_complex.npy", np.ones((1, 8, 64), np.complex64) * (0.5 + 2j))  # was cast: imaginary dropped
+    np.save(d / "ws_strings.npy", np.full((1, 8, 64), "0.5"))  # was parsed, or a traceback
     (d / "wsdir").mkdir()
     np.save(d / "wsdir" / "ws.npy", np.zeros((1, 8, 64), np.float32))
     os.symlink("wsdir", d / "wsdir_link")
@@ -202,6 +211,19 @@ def _cases():
                                        "--out", "p.mp4"], "is for 64x64 px frames but tiny.mp4 is 8x8 px"),
         "paste/non-square-crops": (PASTE + ["--video", "small.mp4", "--aligned", "crops_rect.mp4", "--transforms",
                                             "aligned", "--out", "p.mp4"], "crops in crops_rect.mp4 are 48x32 px"),
+        "paste/fewer-crops": (PASTE + ["--video", "small.mp4", "--aligned", "aligned_short", "--transforms", "aligned",
+                                       "--out", "p.mp4"],
+                              "aligned_short holds fewer crops (2) than aligned has frames (3)"),
+        "paste/more-crops": (PASTE + ["--video", "small.mp4", "--aligned", "aligned_long/frames.npy", "--transforms",
+                                      "aligned", "--out", "p.mp4"], "holds more crops (4) than aligned has frames (3)"),
+        "paste/fewer-crops-video": (PASTE + ["--video", "small.mp4", "--aligned", "crops_short.mp4", "--transforms",
+                                             "aligned", "--out", "p.mp4"],
+                                    "crops_short.mp4 holds fewer crops (2) than aligned has frames (3)"),
+        "paste/more-crops-video": (PASTE + ["--video", "small.mp4", "--aligned", "crops_long.mp4", "--transforms",
+                                            "aligned", "--out", "p.mp4"],
+                                   "crops_long.mp4 holds more crops (at least 4) than aligned has frames (3)"),
+        "paste/short-video": (PASTE + ["--video", "short.mp4", "--aligned", "aligned", "--transforms", "aligned",
+                                       "--out", "p.mp4"], "short.mp4 has fewer frames (2) than aligned (3)"),
         "paste/nan-feather": (PASTE + ["--video", "small.mp4", "--aligned", "aligned", "--transforms", "aligned",
                                        "--out", "p.mp4", "--feather", "nan"], "--feather must be a finite number"),
         "paste/negative-feather": (PASTE + ["--video", "small.mp4", "--aligned", "aligned", "--transforms", "aligned",
@@ -220,6 +242,14 @@ def _cases():
         "generate/ws-text": (GENERATE + ["--ws", "text.npy", "--outdir", "o"], "not a .npy array file"),
         "generate/ws-no-latents": (GENERATE + ["--ws", "ws_empty.npy", "--outdir", "o"], "holds no latents"),
         "generate/ws-dir": (GENERATE + ["--ws", "wsdir", "--outdir", "o"], "it is a directory"),
+        "generate/ws-complex": (GENERATE + ["--ws", "ws_complex.npy", "--outdir", "o"],
+                                "--ws ws_complex.npy holds complex64 values; give real floating-point latents"),
+        "generate/ws-strings": (GENERATE + ["--ws", "ws_strings.npy", "--outdir", "o"],
+                                "--ws ws_strings.npy holds <U3 values; give real floating-point latents"),
+        "generate/ws-with-trunc": (GENERATE + ["--ws", "wsdir/ws.npy", "--trunc", "0.7", "--outdir", "o"],
+                                   "--trunc and --trunc-cutoff apply to --seeds only"),
+        "generate/ws-with-trunc-cutoff": (GENERATE + ["--ws", "wsdir/ws.npy", "--trunc-cutoff", "4", "--outdir", "o"],
+                                          "--trunc and --trunc-cutoff apply to --seeds only"),
         "generate/outdir-file": (GENERATE + ["--seeds", "0", "--outdir", "text.npy"], "is a file"),
         "generate/outdir-foreign": (GENERATE + ["--seeds", "0", "--outdir", "mine", "--overwrite"],
                                     "replaces only an earlier output"),

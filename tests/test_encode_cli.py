@@ -122,11 +122,17 @@ def test_encode_end_to_end(encoded):
 
 
 def file_contents(path):
-    """(tensors, metadata) of a safetensors file (its bytes vary: the metadata's order is not fixed)."""
+    """(tensors, metadata) of a safetensors file."""
     import safetensors
 
     with safetensors.safe_open(path, "np") as f:
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+def tree_mtimes(path):
+    """{relative path: modification time in ns} of every file under `path`."""
+    return {os.path.relpath(os.path.join(d, f), path): os.stat(os.path.join(d, f)).st_mtime_ns
+            for d, _, files in os.walk(path) for f in files}
 
 
 def test_encode_rerun_resumes_and_keeps_the_output(encoded, short_video, nets_dir):
@@ -134,15 +140,18 @@ def test_encode_rerun_resumes_and_keeps_the_output(encoded, short_video, nets_di
     r = cli("stylejax.encode", *args, *FEW_STEPS)
     assert_one_line_error(r, "already exists; choose another path or pass --overwrite")
     before = file_contents(encoded["out"])
+    before_bytes = open(encoded["out"], "rb").read()
+    written = tree_mtimes(encoded["workdir"])
     r = cli("stylejax.encode", *args, *FEW_STEPS, "--overwrite", "--json")
     assert r.returncode == 0, r.stderr[-3000:]
-    seconds = json.loads(r.stdout.strip().splitlines()[-1])["stage_seconds"]
-    # every stage was finished: nothing is aligned or optimised again, and the encoding is the same
-    assert max(seconds[s] for s in ("align", "invert", "select_id", "head_pose", "attributes")) < 1.0, seconds
+    # every stage was finished: nothing is aligned or optimised again (no file of the work directory is
+    # written, created or removed), and the encoding is the same
+    assert tree_mtimes(encoded["workdir"]) == written
     after = file_contents(encoded["out"])
     assert after[1] == before[1] and after[0].keys() == before[0].keys()
     for name in before[0]:
         np.testing.assert_array_equal(after[0][name], before[0][name])
+    assert open(encoded["out"], "rb").read() == before_bytes  # metadata in a fixed order: the same file
 
 
 def test_render_paste_back(encoded, short_video, tmp_path):
@@ -261,3 +270,168 @@ def test_render_unsupported_format_version(small_encoding, tmp_path):
     r = cli("stylejax.render", path, "--out", str(tmp_path / "x.mp4"))
     assert_one_line_error(r, "format version '3' is not supported: this stylejax reads version(s) 1, 2; upgrade "
                              "stylejax to read it")
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+def listing(d):
+    """{name: bytes or link target} of a folder's entries (hidden ones too)."""
+    out = {}
+    for name in sorted(os.listdir(d)):
+        p = os.path.join(d, name)
+        out[name] = ("link -> " + os.readlink(p)) if os.path.islink(p) else \
+            (open(p, "rb").read() if os.path.isfile(p) else "dir")
+    return out
+
+
+def test_render_never_writes_onto_an_input(small_encoding, nets_dir, tmp_path):
+    import shutil
+
+    enc = str(tmp_path / "clip.enc")
+    shutil.copy(small_encoding, enc)
+    (tmp_path / "orig.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom")  # an mp4 input (its first bytes)
+    before = listing(tmp_path)
+    for args, what in (([enc, "--out", enc, "--overwrite"], "--out"),
+                       ([enc, "--out", str(tmp_path / "x.mp4"), "--side-by-side", enc, "--overwrite"],
+                        "--side-by-side"),
+                       ([enc, "--out", str(tmp_path / "orig.mp4"), "--paste-back", str(tmp_path / "orig.mp4"),
+                         "--overwrite"], "--out")):
+        r = cli("stylejax.render", *args)
+        assert_one_line_error(r, f"refusing to write the {what} ", "it is or contains the input")
+        assert listing(tmp_path) == before  # the encoding is intact, nothing was created
+    r = cli("stylejax.render", enc, "--out", str(tmp_path / "x.mp4"), "--side-by-side", str(tmp_path / "x.mp4"))
+    assert_one_line_error(r, "are the same path or one holds the other; give each output its own path")
+    r = cli("stylejax.render", enc, "--out", os.path.join(nets_dir["generator"], "x.mp4"))
+    assert_one_line_error(r, "inside the input folder")
+    assert listing(tmp_path) == before
+
+
+def test_render_overwrite_replaces_only_a_video_and_never_through_a_link(small_encoding, tmp_path):
+    thesis = tmp_path / "thesis.txt"
+    thesis.write_text("three years of work")
+    os.symlink("thesis.txt", tmp_path / "out.mp4")
+    before = listing(tmp_path)
+    r = cli("stylejax.render", small_encoding, "--out", tmp_path / "out.mp4", "--overwrite")
+    assert_one_line_error(r, f"the --out {tmp_path / 'out.mp4'} is a symbolic link (to thesis.txt); refusing to "
+                             "write through it")
+    r = cli("stylejax.render", small_encoding, "--out", thesis, "--overwrite")
+    assert_one_line_error(r, f"refusing to replace {thesis}: it is not an mp4 video (--overwrite replaces only a "
+                             "file of the kind this command writes)")
+    assert listing(tmp_path) == before
+    # an earlier video is replaced, as --overwrite says
+    (tmp_path / "out.mp4").unlink()
+    for _ in range(2):
+        r = cli("stylejax.render", small_encoding, "--out", tmp_path / "out.mp4", "--overwrite")
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path)) == ["out.mp4", "thesis.txt"]
+
+
+def test_encode_checks_every_output_before_creating_anything(nets_dir, noise_video, tmp_path):
+    import shutil
+
+    video = str(tmp_path / "in.mp4")
+    shutil.copy(noise_video, video)
+    (tmp_path / "notes.txt").write_text("not an encoding")
+    os.symlink("notes.txt", tmp_path / "link.enc")
+    wd = str(tmp_path / "wd")
+    before = listing(tmp_path)
+    cases = [(video, [], "it is or contains the input"),  # the issue: refused, but wd had been created
+             (str(tmp_path / "notes.txt"), ["--overwrite"], "it is not a stylejax encoding"),
+             (str(tmp_path / "link.enc"), ["--overwrite"], "is a symbolic link (to notes.txt)"),
+             (str(tmp_path / "nodir" / "x.enc"), [], "does not exist")]
+    if os.path.isdir("/proc"):  # a place nobody can write, even root: refused before any work
+        cases.append(("/proc/stylejax-test.enc", [], "cannot write the --out /proc/stylejax-test.enc"))
+    for out, extra, words in cases:
+        r = cli("stylejax.encode", *encode_args(nets_dir, video, wd, out), *extra)
+        assert_one_line_error(r, words)
+        assert listing(tmp_path) == before, out
+    r = cli("stylejax.encode", *encode_args(nets_dir, video, str(tmp_path / "notes.txt"), str(tmp_path / "x.enc")))
+    assert_one_line_error(r, "exists and is not a stylejax work directory")
+    r = cli("stylejax.encode", *encode_args(nets_dir, video, nets_dir["generator"], str(tmp_path / "x.enc")))
+    assert_one_line_error(r, "it is or contains the input")
+    assert listing(tmp_path) == before
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+
+def edited_copy(small_encoding, path, settings=None, drop=(), **meta):
+    """A version-1 copy of the small encoding (its flat metadata holds every field, and its settings the
+    identity's StyleFlow condition and RK4 steps) with metadata fields / settings changed, written with the
+    safetensors library past save_encoding's checks, as a hand-edited or hostile file would be."""
+    import safetensors.numpy
+
+    from stylejax.io.encoding import load_encoding, save_encoding
+
+    v1 = str(path) + ".v1"
+    save_encoding(v1, load_encoding(small_encoding), version="1")
+    tensors, old = file_contents(v1)
+    os.remove(v1)
+    new = {**old, **{k: (v if isinstance(v, str) else json.dumps(v)) for k, v in meta.items()}}
+    s = {k: v for k, v in json.loads(old["settings"]).items() if k not in drop}
+    new["settings"] = json.dumps({**s, **(settings or {})})
+    if "id_latent_rows" in meta:
+        del new["id_latent_rows"]
+        tensors["id_latent"] = tensors["id_latent"][:meta["id_latent_rows"]]
+    if "channels" in meta:
+        tensors["frames"] = np.zeros((3, 3 + len(meta["channels"])), np.float16)
+    safetensors.numpy.save_file(tensors, str(path), metadata=new)
+    return str(path)
+
+
+BAD_ENCODINGS = {
+    # does not fit the networks (stylejax.decoder.check_fits)
+    "no-such-layer": (dict(channels=["99_0"]), "does not fit the networks: channel '99_0' names StyleSpace layer 99, "
+                                               "the generator has layers 0-"),
+    "no-such-channel": (dict(channels=["3_4000"]), "channel '3_4000' names channel 4000 of StyleSpace layer 3, which "
+                                                   "has "),
+    "no-cond-src": (dict(drop=["cond_src"]), "does not fit the networks: it has no 'cond_src'"),
+    "short-cond-src": (dict(settings={"cond_src": [0.0] * 5}), "cond_src must be 17 finite values (StyleFlow's "
+                                                               "condition), got shape [5]"),
+    "fewer-rows": (dict(id_latent_rows=7), "its identity latent has 7 W+ rows of 32, the generator takes 8 of 32"),
+    # settings out of bounds or contradicting the pose model (stylejax.io.encoding)
+    "rk4-1e9": (dict(settings={"rk4_steps": 1e9}), "settings 'rk4_steps' = 1000000000.0 is not a whole number of RK4 "
+                                                   "steps in [1, 64]"),
+    "rk4-1e8": (dict(settings={"rk4_steps": 10 ** 8}), "settings 'rk4_steps' = 100000000 is not a whole number"),
+    "rk4-negative": (dict(settings={"rk4_steps": -1}), "settings 'rk4_steps' = -1 is not a whole number"),
+    "rk4-contradicts": (dict(settings={"rk4_steps": 16}), "settings 'rk4_steps' = 16 contradicts pose_model "
+                                                          "'styleflow-rk4-8'"),
+    "pose-model-1e8": (dict(pose_model="styleflow-rk4-100000000", drop=["rk4_steps"]),
+                       "pose_model 'styleflow-rk4-100000000' asks for 100000000 RK4 steps, outside [1, 64]"),
+    "pose-model-other": (dict(pose_model="stylegan-ada-pose"), "pose_model 'stylegan-ada-pose' is not "
+                                                                "'styleflow-rk4-N'"),
+    "noise-mode": (dict(settings={"noise_mode": "loud"}), "settings 'noise_mode' = 'loud' is not one of const, "
+                                                          "random, none"),
+    "networks": (dict(settings={"networks": {"generator": 5, "styleflow": "sf"}}),
+                 "settings 'networks' is not a dict of checkpoint paths"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ENCODINGS))
+def test_render_refuses_an_encoding_that_does_not_fit(small_encoding, tmp_path, case):
+    """Each was a valid file that ended in a traceback (or, for rk4_steps, ran for hours, or rendered without
+    the pose edit): now one line, before anything is written."""
+    edit, words = BAD_ENCODINGS[case]
+    path = edited_copy(small_encoding, tmp_path / "bad.enc", **edit)
+    r = cli("stylejax.render", path, "--out", tmp_path / "x.mp4")
+    assert_one_line_error(r, words)
+    assert os.listdir(tmp_path) == ["bad.enc"]
+
+
+def test_check_fits_is_what_every_decoder_runs(small_encoding, tmp_path):
+    """iter_renders (render, the encode metrics, the demo) refuses a misfit before computing anything."""
+    from stylejax.decoder import DecodeError, iter_renders
+    from stylejax.io.encoding import load_encoding
+
+    g, _, flow, _ = tiny_encoder.networks()
+    enc = load_encoding(edited_copy(small_encoding, tmp_path / "bad.enc", channels=["99_0"]))
+    with pytest.raises(DecodeError, match="this encoding does not fit the networks: channel '99_0'"):
+        next(iter_renders(enc, g, flow))
+
+
+def test_encode_refuses_unbounded_rk4_steps(nets_dir, noise_video, tmp_path):
+    """The encoding records the pose edit's RK4 steps for rendering: a value no encoding may carry is refused
+    before any work, not after it (when the encoding is assembled)."""
+    r = cli("stylejax.encode", *encode_args(nets_dir, noise_video, str(tmp_path / "wd"), str(tmp_path / "x.enc")),
+            "--config.head_pose.rk4_steps=100000000")
+    assert_one_line_error(r, "--config.head_pose.rk4_steps must be a whole number in [1, 64], got 100000000")
+    assert os.listdir(tmp_path) == []

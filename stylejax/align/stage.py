@@ -26,7 +26,7 @@ from stylejax.align.warp import _INTERP, face_mask, paste_back, render_crop
 from stylejax.errors import UserError
 from stylejax.io import atomic
 from stylejax.io.transforms import FILE, load_transforms, save_transforms
-from stylejax.io.video import VideoWriter, iter_frames, load_frames, probe
+from stylejax.io.video import VideoWriter, is_mp4, iter_frames, load_frames, probe
 
 
 def _tracked(frames, tracker, refine: int, max_frames: int | None, workers):
@@ -331,7 +331,7 @@ def paste_video(video: str, aligned: str, transforms: str, out: str, mask_kind: 
                 feather: float = 0.04, resample: str = "cubic", overwrite: bool = True) -> int:
     """Composite aligned frames (frames.npy / its directory / a video) back into `video`; writes `out` mp4."""
     inputs = [video, aligned, transforms]
-    atomic.check_output_file(out, overwrite, inputs, "--out video")
+    atomic.check_output_file(out, overwrite, inputs, "--out video", is_mp4, "an mp4 video")
     tf = load_transforms(transforms)
     quads = tf["quad"]
     info = probe(video)
@@ -340,20 +340,40 @@ def paste_video(video: str, aligned: str, transforms: str, out: str, mask_kind: 
         raise AlignError(f"{transforms} is for {want} px frames but {video} is "
                          f"{info.frame_size[0]}x{info.frame_size[1]} px; pass the video that was aligned")
     use_npy = aligned.endswith(".npy") or os.path.isdir(aligned)
-    crops = iter(load_frames(aligned)) if use_npy else iter_frames(aligned)
-    with atomic.output_file(out, overwrite, inputs, "--out video") as tmp:
-        return _paste_into(tmp, video, info, crops, quads, aligned, mask_kind, feather, resample)
+    if use_npy:
+        crops = load_frames(aligned)
+        if len(crops) != len(quads):  # known now: refuse before anything is written
+            raise AlignError(_count_mismatch(aligned, len(crops), transforms, len(quads)))
+        crops = iter(crops)
+    else:
+        crops = iter_frames(aligned)
+    with atomic.output_file(out, overwrite, inputs, "--out video", is_ours=is_mp4, kind="an mp4 video") as tmp:
+        return _paste_into(tmp, video, info, crops, quads, aligned, mask_kind, feather, resample, transforms)
 
 
-def _paste_into(out, video, info, crops, quads, aligned, mask_kind, feather, resample):
+def _count_mismatch(aligned, n_crops, transforms, n_quads, more=None):
+    more = more or ("more" if n_crops > n_quads else "fewer")
+    return (f"{aligned} holds {more} crops ({n_crops}) than {transforms} has frames ({n_quads}); nothing was "
+            "pasted: pass the crops made from these transforms (one per aligned frame)")
+
+
+def _paste_into(out, video, info, crops, quads, aligned, mask_kind, feather, resample, transforms="--transforms"):
+    """Pastes crop t into frame t for every frame of the transforms: the crops must match the transforms one
+    to one (a shorter run is never pasted silently), and the video must have at least as many frames (the
+    transforms may cover only its start: align --max-frames)."""
     mask = None
     n = 0
     with VideoWriter(out, info.fps) as writer:
         frames = iter_frames(video, info)
         try:
-            for t, (frame, crop) in enumerate(zip(frames, crops)):
-                if t >= len(quads):
-                    break
+            for t in range(len(quads)):
+                crop = next(crops, None)
+                if crop is None:
+                    raise AlignError(_count_mismatch(aligned, t, transforms, len(quads)))
+                frame = next(frames, None)
+                if frame is None:
+                    raise AlignError(f"{video} has fewer frames ({t}) than {transforms} ({len(quads)}); nothing "
+                                     "was pasted: pass the video that was aligned")
                 if mask is None:
                     if crop.ndim != 3 or crop.shape[0] != crop.shape[1] or crop.shape[2] != 3:
                         raise AlignError(f"the aligned crops in {aligned} are {crop.shape[1]}x{crop.shape[0]} px; "
@@ -361,8 +381,12 @@ def _paste_into(out, video, info, crops, quads, aligned, mask_kind, feather, res
                     mask = face_mask(crop.shape[0], mask_kind, feather)
                 writer.write(paste_back(frame, np.asarray(crop), quads[t], mask, resample))
                 n += 1
+            if next(crops, None) is not None:
+                raise AlignError(_count_mismatch(aligned, f"at least {n + 1}", transforms, len(quads), "more"))
         finally:
             frames.close()
+            if hasattr(crops, "close"):
+                crops.close()
         if n == 0:
             raise AlignError(f"nothing to paste: no aligned frames in {aligned}")
     return n

@@ -26,7 +26,6 @@ import math
 import os
 import re
 import struct
-import tempfile
 
 import numpy as np
 
@@ -40,8 +39,14 @@ COND_DIM = 17  # StyleFlow's condition: 9 lighting + 8 attributes
 IDENTITY_FIELDS = ("id_latent", "cond_src", "generator_fingerprint", "styleflow_fingerprint", "resolution",
                    "pose_model")
 MOTION_FIELDS = ("pose_deg", "offsets", "offset_scale", "channels", "fps", "quad", "frame_size")
+# What turns yaw/pitch into latents when rendering: StyleFlow's pose edit solved with N fixed RK4 steps. N is
+# bounded: each step is two flow evaluations per frame, and a file is a few KB whatever N says (N = 1e8 ran for
+# hours and grew past 1.5 GB; N <= 0 rendered without the pose edit).
 _POSE_MODEL = re.compile(r"^styleflow-rk4-(\d+)$")
 MAX_RK4_STEPS = 64  # the README's RK4 error table converges by 16; more is a damaged or hostile file
+NOISE_MODES = ("const", "random", "none")
+MAX_FPS = 1000.0
+MAX_SIZE = 1 << 16  # px: a generator's resolution or an original frame's width and height
 POSE_COLUMNS = ("yaw_deg", "pitch_deg", "roll_deg")
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 _CHANNEL_NAME = re.compile(r"^\d+_\d+$")
@@ -75,10 +80,10 @@ def _invalid(fields: dict) -> str | None:
         return f"cond_src must be {COND_DIM} finite values (StyleFlow's condition), got shape {list(cond.shape)}"
     if scale.shape != (len(ch),) or not (np.isfinite(scale).all() and (scale > 0).all()):
         return f"offset_scale must be {len(ch)} positive finite values (one per channel)"
-    if not (math.isfinite(fields["fps"]) and fields["fps"] > 0):
-        return f"fps {fields['fps']!r} is not a positive number"
-    if fields["resolution"] <= 0:
-        return f"resolution {fields['resolution']} is not positive"
+    if not (math.isfinite(fields["fps"]) and 0 < fields["fps"] <= MAX_FPS):
+        return f"fps {fields['fps']!r} is not a frame rate in (0, {MAX_FPS}]"
+    if not 0 < fields["resolution"] <= MAX_SIZE:
+        return f"resolution {fields['resolution']} is not in [1, {MAX_SIZE}] px"
     for name in ("generator_fingerprint", "pose_model"):
         if not isinstance(fields[name], str) or not fields[name]:
             return f"{name} is not a non-empty string"
@@ -88,6 +93,9 @@ def _invalid(fields: dict) -> str | None:
         json.dumps(fields["settings"], allow_nan=False)
     except (TypeError, ValueError) as err:
         return f"settings are not JSON-serialisable ({err})"
+    problem = _invalid_settings(fields["pose_model"], fields["settings"], pose.shape[0])
+    if problem:
+        return problem
     quad, size = fields["quad"], fields["frame_size"]
     if (quad is None) != (size is None):
         return "quad and frame_size come together: give both or neither"
@@ -96,8 +104,43 @@ def _invalid(fields: dict) -> str | None:
             return f"quad has shape {list(quad.shape)}, expected [{pose.shape[0]}, 4, 2]"
         if not np.isfinite(quad).all():
             return "quad has non-finite values"
-        if len(size) != 2 or min(size) <= 0:
-            return f"frame_size {size} is not (width, height) in pixels"
+        if len(size) != 2 or min(size) <= 0 or max(size) > MAX_SIZE:
+            return f"frame_size {size} is not (width, height) in pixels, each in [1, {MAX_SIZE}]"
+    return None
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _invalid_settings(pose_model: str, settings: dict, num_frames: int) -> str | None:
+    """Bounds on what the decoder reads from an encoding's pose model and settings (what must also agree with
+    the networks is `stylejax.decoder.check_fits`)."""
+    m = _POSE_MODEL.match(pose_model)
+    if not m:
+        return (f"pose_model {pose_model[:40]!r} is not 'styleflow-rk4-N' (StyleFlow's pose edit with N RK4 steps, "
+                "the only pose model this stylejax renders)")
+    steps = int(m.group(1)) if len(m.group(1)) <= 18 else MAX_RK4_STEPS + 1
+    if not 1 <= steps <= MAX_RK4_STEPS:
+        return f"pose_model {pose_model[:40]!r} asks for {m.group(1)[:20]} RK4 steps, outside [1, {MAX_RK4_STEPS}]"
+    if "rk4_steps" in settings:
+        v = settings["rk4_steps"]
+        if not _whole(v) or not 1 <= v <= MAX_RK4_STEPS:
+            return f"settings 'rk4_steps' = {v!r:.40} is not a whole number of RK4 steps in [1, {MAX_RK4_STEPS}]"
+        if v != steps:
+            return f"settings 'rk4_steps' = {v} contradicts pose_model {pose_model!r}"
+    if "noise_mode" in settings and settings["noise_mode"] not in NOISE_MODES:
+        return f"settings 'noise_mode' = {settings['noise_mode']!r:.40} is not one of {', '.join(NOISE_MODES)}"
+    if "pose_rows" in settings and settings["pose_rows"] != [0, 4]:
+        return (f"settings 'pose_rows' = {settings['pose_rows']!r:.40} contradicts pose_model {pose_model!r} "
+                "(StyleFlow edits W+ rows 0-3)")
+    if "id_frame" in settings and not (_whole(settings["id_frame"]) and 0 <= settings["id_frame"] < num_frames):
+        return f"settings 'id_frame' = {settings['id_frame']!r:.40} is not a frame index in [0, {num_frames})"
+    if "aligned" in settings and not isinstance(settings["aligned"], str):
+        return "settings 'aligned' is not a path"
+    nets = settings.get("networks", {})
+    if not (isinstance(nets, dict) and all(isinstance(v, str) for v in nets.values())):
+        return "settings 'networks' is not a dict of checkpoint paths"
     return None
 
 
@@ -157,7 +200,7 @@ class Encoding:
 
     @property
     def rk4_steps(self) -> int:
-        """RK4 steps of the StyleFlow pose edit, from `pose_model` ("styleflow-rk4-N")."""
+        """RK4 steps of the StyleFlow pose edit, from `pose_model` ("styleflow-rk4-N", bounded on construction)."""
         found = _POSE_MODEL.match(self.pose_model)
         if not found or not 1 <= int(found.group(1)) <= MAX_RK4_STEPS:
             raise EncodingError(f"pose_model {self.pose_model!r} is not 'styleflow-rk4-N' with N in "
@@ -210,6 +253,23 @@ def _frames_float16(enc: Encoding, path: str, offsets: np.ndarray) -> np.ndarray
     return frames.astype(np.float16)
 
 
+def _serialise(tensors: dict, meta: dict) -> bytes:
+    """safetensors bytes whose header lists the metadata first, in `meta`'s order, then the tensors in the
+    order of their data: identical encodings give identical files. (The safetensors library writes its
+    metadata from a hash map, in an order that changes from one process to the next.)"""
+    import safetensors.numpy
+
+    data = safetensors.numpy.save(tensors)
+    (n,) = struct.unpack("<Q", data[:8])
+    entries = json.loads(data[8:8 + n])
+    header = {"__metadata__": meta}
+    header.update(sorted(((k, v) for k, v in entries.items() if k != "__metadata__"),
+                         key=lambda kv: kv[1]["data_offsets"]))
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as the library writes it
+    return struct.pack("<Q", len(text)) + text + data[8 + n:]
+
+
 def _json(value) -> str:
     return json.dumps(value, sort_keys=True, allow_nan=False)
 
@@ -254,9 +314,8 @@ def _contents_v2(enc: Encoding, path: str) -> tuple[dict, dict]:
 def save_encoding(path: str, enc: Encoding, version: str = FORMAT_VERSION) -> None:
     """Write `enc` to `path` atomically (temp file in the same directory, fsync, rename): a reader sees the
     old file or the new one, never a partial one. Pose and offsets are stored as float16. `version` "1"
-    writes the first format (offsets converted to raw style units) for readers that know only that one."""
-    import safetensors.numpy
-
+    writes the first format (offsets converted to raw style units) for readers that know only that one. Equal
+    encodings give byte-identical files; a temporary left by a killed writer is removed by the next save."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -267,23 +326,22 @@ def save_encoding(path: str, enc: Encoding, version: str = FORMAT_VERSION) -> No
         raise EncodingError(f"cannot save encoding {path}: format version {version!r} is not one of "
                             f"{', '.join(WRITABLE_VERSIONS)}")
     tensors, meta = (_contents_v1 if str(version) == "1" else _contents_v2)(enc, path)
-    data = safetensors.numpy.save(tensors, metadata=meta)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    data = _serialise(tensors, meta)
+    from stylejax.io.atomic import Temporary
+
+    claim = None
     try:
-        with os.fdopen(fd, "wb") as f:
+        claim = Temporary(path, ".tmp")
+        with open(claim.path, "xb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an encoding is an ordinary user file
-        os.replace(tmp, path)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(err, OSError):
-            raise EncodingError(f"cannot save encoding {path}: {err.strerror or err}") from None
-        raise
+        os.replace(claim.path, path)
+    except OSError as err:
+        raise EncodingError(f"cannot save encoding {path}: {err.strerror or err}") from None
+    finally:
+        if claim is not None:
+            claim.release()
     try:  # make the rename itself durable; not every filesystem lets a directory be opened
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
@@ -336,6 +394,24 @@ def _read_container(path: str) -> tuple[dict, dict]:
         raise fail(f"corrupt safetensors file ({detail})") from None
     meta = header.get("__metadata__") or {}
     return tensors, meta if isinstance(meta, dict) else {}
+
+
+def is_encoding_file(path: str) -> bool:
+    """Whether `path` is a stylejax encoding by its header (the kind of file `save_encoding` writes, so the only
+    kind an encoding output may replace with --overwrite); reads at most the header."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return False
+            (n,) = struct.unpack("<Q", head)
+            if n > _MAX_HEADER:
+                return False
+            header = json.loads(f.read(n).decode("utf-8"))
+    except (OSError, ValueError):
+        return False
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
 def _json_field(meta: dict, key: str, kind: type, fail):

@@ -23,6 +23,17 @@ import numpy as np
 from stylejax.errors import UserError
 
 
+def is_mp4(path: str) -> bool:
+    """Whether `path` is an mp4-family file (an `ftyp` box first): the kind of file `VideoWriter` writes, so
+    the only kind an output video may replace with --overwrite."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    return len(head) == 12 and head[4:8] == b"ftyp"
+
+
 class VideoError(UserError, ValueError):
     """A video cannot be read or written; the message is one line naming the file and the problem."""
 
@@ -151,15 +162,17 @@ class VideoWriter:
     """H.264 (libx264, yuv420p) mp4 writer; use as a context manager.
 
     yuv420p needs even width and height: odd frames get one replicated edge row/column. The file is written
-    under a temporary name and renamed on a clean close, so a failed write never leaves a complete-looking mp4.
+    under a claimed temporary name (`stylejax.io.atomic.Temporary`: a killed writer's is removed by the next)
+    and renamed on a clean close, so a failed write never leaves a complete-looking mp4. The container is
+    always mp4, whatever the name.
     """
 
     def __init__(self, path: str, fps: float, crf: int = 16):
         self.path = os.fspath(path)
         self.fps = float(fps)
         self.crf = int(crf)
-        self._tmp = os.path.join(os.path.dirname(os.path.abspath(self.path)),
-                                 f".{os.path.basename(self.path)}.partial-{os.getpid()}.mp4")
+        self._claim = None
+        self._tmp = None
         self._gen = None
         self._size = None
         self.frames_written = 0
@@ -175,6 +188,13 @@ class VideoWriter:
         if self._gen is None:
             import imageio_ffmpeg
 
+            from stylejax.io.atomic import Temporary
+
+            try:
+                self._claim = Temporary(self.path, ".mp4")
+            except OSError as err:
+                raise VideoError(f"cannot write video {self.path}: {err.strerror or err}") from None
+            self._tmp = self._claim.path
             self._size = (w, h)
             # ffmpeg's own log stays quiet (it would print several lines); a failure is reported below
             self._gen = imageio_ffmpeg.write_frames(
@@ -214,6 +234,7 @@ class VideoWriter:
             raise VideoError(f"cannot write video {self.path}: the ffmpeg encoder wrote nothing; is the location "
                              "writable and the disk not full?")
         os.replace(self._tmp, self.path)
+        self._claim.release()
 
     def abort(self) -> None:
         if self._gen is not None:
@@ -222,8 +243,8 @@ class VideoWriter:
             except Exception:
                 pass
             self._gen = None
-        if os.path.exists(self._tmp):
-            os.remove(self._tmp)
+        if self._claim is not None:
+            self._claim.release()  # removes the temporary
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:

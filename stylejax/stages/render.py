@@ -2,7 +2,6 @@
 the original video and a side-by-side with the aligned input and an error map. Also the re-synthesis
 metrics of `encode` (PSNR, SSIM, LPIPS, identity similarity against the aligned input).
 """
-import os
 
 import jax
 import jax.numpy as jnp
@@ -60,19 +59,27 @@ def evaluate(enc, nets, workdir, config, chunk=8):
             "identity_similarity": float(np.mean(np.concatenate(ids))) if ids else None}
 
 
+def render_outputs(out, side_by_side=None):
+    """render's outputs for `atomic.check_outputs`: videos, which --overwrite may replace only by videos."""
+    from stylejax.io.atomic import Output
+    from stylejax.io.video import is_mp4
+
+    return [Output(out, "--out", is_mp4, "an mp4 video"),
+            Output(side_by_side, "--side-by-side", is_mp4, "an mp4 video")]
+
+
 def render_video(enc, g, flow, out, paste_back=None, side_by_side=None, aligned=None, overwrite=False, chunk=8,
-                 mask="ellipse", feather=0.04):
+                 mask="ellipse", feather=0.04, inputs=()):
     """Writes `out` (mp4). `paste_back`: the original video, composited through the encoding's quads.
     `side_by_side`: a second mp4 with the aligned input, the re-synthesis and an error map (needs `aligned`,
-    the aligned frames [T, S, S, 3]). Returns the number of frames written."""
+    the aligned frames [T, S, S, 3]). `inputs`: the other files read (the encoding, networks): no output may be
+    one of them. Returns the number of frames written."""
     from stylejax.align.warp import face_mask, paste_back as paste
     from stylejax.io import atomic
     from stylejax.io.video import VideoError, VideoWriter, iter_frames, probe
 
-    real_out = atomic.resolve_output(out, "--out")
-    atomic.check_not_input(real_out, [paste_back, aligned if isinstance(aligned, str) else None], "--out")
-    if os.path.exists(real_out) and not overwrite:
-        raise VideoError(f"--out {real_out} already exists; choose another path or pass --overwrite")
+    inputs = [paste_back, aligned if isinstance(aligned, str) else None, *inputs]
+    real_out, side_by_side = atomic.check_outputs(render_outputs(out, side_by_side), inputs, overwrite)
     if paste_back is not None:
         if enc.quad is None:
             raise VideoError("this encoding has no alignment transforms: paste-back needs an encoding made from a "

@@ -7,6 +7,7 @@ nor crashed, and no MemoryError or traceback anywhere.
 """
 import collections
 import io
+import os
 import pickle
 import struct
 import subprocess
@@ -16,7 +17,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import DATA, REPO
 from convert import ConversionError
 from convert._params_check import check_finite
 from convert.safe_pickle import UnsafeCheckpointError, load_pickle_file, load_torch_file
@@ -313,8 +314,8 @@ def test_stylegan2_cli_refuses_stride0_bomb_in_bounded_memory(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, "stylegan2", "--src", str(tmp_path / "g.pt"),
                         "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=240)
     assert r.returncode == 2, r.stderr
-    assert r.stderr == (f"error: {tmp_path / 'g.pt'}: tensors declare 64.0 GiB in total (this one [17179869184] "
-                        "float32, 64.0 GiB), over the limit of 2.0 GiB (max_bytes); refused before allocating it\n")
+    # refused by its shape, checked before anything is copied (before: by max_bytes, when copying it)
+    assert r.stderr == f"error: {tmp_path / 'g.pt'}: style.1.weight has shape [17179869184], expected 2 dimensions\n"
     assert not (tmp_path / "out" / "config.json").exists()
 
 
@@ -391,3 +392,137 @@ def test_stylegan2_cli_refuses_non_finite_values(tmp_path, case):
             if case == "weight" else "latent_avg contains NaN or inf values (1 of 8)")
     assert r.stderr == f"error: {path}: {what}; the checkpoint is corrupt\n"
     assert not (tmp_path / "out" / "config.json").exists()
+
+
+def _lie_about_size(path, entry, size):
+    """Rewrites the zip so `entry`'s headers claim `size` uncompressed bytes (its data unchanged)."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(entry)
+    for sig, field in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # local header, central directory
+        at = data.find(sig)
+        while at >= 0:
+            name_at = at + (30 if sig == b"PK\x03\x04" else 46)
+            if data[name_at:name_at + len(entry)] == entry.encode():
+                assert struct.unpack_from("<I", data, at + field)[0] == info.file_size
+                struct.pack_into("<I", data, at + field, size)
+            at = data.find(sig, at + 4)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_storage_record_larger_than_its_storage_is_refused_unread(tmp_path, monkeypatch):
+    """The issue: a record inflating to 3 GiB behind a 4-byte storage was accepted (4 bytes read, the rest
+    ignored). Scaled to 64 MiB: refused, reading no more of the record than the declared size plus one byte,
+    also when the zip headers lie about the record's size."""
+    pkl = _torch_pickle({"w": _FakeTensor(_FakeStorage("0", 1), [1], [1])})
+    big = _torch_zip(tmp_path / "big.pt", pkl, {"0": bytes(64 << 20)}, compress=zipfile.ZIP_DEFLATED)
+    one_more = _torch_zip(tmp_path / "one_more.pt", pkl, {"0": bytes(5)})
+    lying = _lie_about_size(_torch_zip(tmp_path / "lying.pt", pkl, {"0": bytes(64 << 20)},
+                                       compress=zipfile.ZIP_DEFLATED), "archive/data/0", 4)
+    assert big.stat().st_size < 128 << 10
+    read = collections.Counter()
+    real_read = zipfile.ZipExtFile.read
+
+    def counting_read(self, n=-1):
+        out = real_read(self, n)
+        read[self.name] += len(out)
+        return out
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", counting_read)
+    corrupt = "the checkpoint is corrupt"
+    for path, message in ((big, f"storage 0 declares 4 bytes but its zip entry holds 64.0 MiB; {corrupt}"),
+                          (one_more, f"storage 0 declares 4 bytes but its zip entry holds 5 bytes; {corrupt}")):
+        read.clear()
+        with pytest.raises(ConversionError) as e:
+            load_torch_file(path)
+        assert str(e.value) == f"{path}: {message}"
+        assert read["archive/data/0"] == 0
+    read.clear()
+    with pytest.raises(ConversionError) as e:
+        load_torch_file(lying)
+    assert str(e.value).startswith(f"{lying}: ")
+    assert read["archive/data/0"] <= 5
+    ok = _torch_zip(tmp_path / "ok.pt", pkl, {"0": np.float32(2.5).tobytes()})
+    assert load_torch_file(ok)["w"].tolist() == [2.5]
+
+
+def _stride0_bomb():
+    """The issue's tensor: 23000 x 23000 float32 (2.0 GiB) with stride 0 over a 4-float storage."""
+    return torch.zeros(4).as_strided((23000, 23000), (0, 0))
+
+
+def test_stride0_tensor_checked_against_the_network_before_it_is_copied(tmp_path):
+    """The issue: a 1.2 KB file whose tensor fits the converters' max_bytes (2 GiB) was copied out (over 1 GiB
+    resident) before its shape was refused. Each converter now checks shapes against the network it expects
+    on the un-copied views, and copies only the tensors it uses: in a process capped at 1.5 GiB of address
+    space every bomb is refused, and a bomb in a part the converter does not use costs nothing."""
+    import test_stylegan2_formats as fmt
+    from convert.e4e import infer_config
+    from stylejax.nets.e4e import E4E, E4EConfig
+
+    bomb = _stride0_bomb()
+    torch.save({"w": bomb}, tmp_path / "issue.pt")
+    assert (tmp_path / "issue.pt").stat().st_size < 2000
+    sd = fmt._canonical_from_tf(*fmt._tf_weights()[:2])
+    g = fmt._rosinality_g_ema(sd)
+    torch.save({"g_ema": {**g, "convs.0.conv.modulation.weight": bomb}}, tmp_path / "g_bomb.pt")
+    torch.save({"g_ema": g, "d": {"convs.0.0.weight": bomb}}, tmp_path / "g_unused_bomb.pt")
+    e4e_npz = np.load(os.path.join(DATA, "e4e_small.npz"))
+    e4e_sd = {k[3:]: torch.from_numpy(np.array(e4e_npz[k])) for k in e4e_npz.files if k.startswith("sd/")}
+    latent_avg = torch.from_numpy(np.array(e4e_npz["latent_avg"]))
+    torch.save({"state_dict": {**e4e_sd, "encoder.styles.0.linear.weight": bomb}, "latent_avg": latent_avg},
+               tmp_path / "e4e_bomb.pt")
+    torch.save({"state_dict": {**e4e_sd, "decoder.style.1.weight": bomb}, "latent_avg": latent_avg},
+               tmp_path / "e4e_unused_bomb.pt")
+
+    def e4e(name):
+        return (f"convert.e4e.convert_checkpoint(load_torch_file({str(tmp_path / name)!r}, max_bytes=2 << 30, "
+                f"select=convert.e4e.select))")
+
+    issue = str(tmp_path / "issue.pt")
+    out = _run_capped([f"read_stylegan2({str(tmp_path / 'g_bomb.pt')!r})",
+                       f"read_stylegan2({str(tmp_path / 'g_unused_bomb.pt')!r})",
+                       f"read_stylegan2({issue!r})", e4e("e4e_bomb.pt"), e4e("e4e_unused_bomb.pt"), e4e("issue.pt"),
+                       f"convert.arcface.convert_checkpoint(load_torch_file({issue!r}, select=convert.arcface.select))",
+                       f"load_torch_file({issue!r}, select=convert.styleflow.select)",
+                       f"load_torch_file({issue!r}, select=convert.lpips._select_torch)"],
+                      setup="import convert.e4e, convert.arcface, convert.styleflow, convert.lpips")
+
+    def largest(config):
+        return f"{max(int(np.prod(s)) for s in E4E.expected_shapes(config).values()):,}"
+
+    small = infer_config({k: v.numpy() for k, v in e4e_sd.items()})
+    corrupt = "the checkpoint is corrupt, refused before copying it"
+    g_shape = list(g["convs.0.conv.modulation.weight"].shape)
+    assert out[0] == _refused(tmp_path / "g_bomb.pt", "ConversionError",
+                              f"convs.0.conv.modulation.weight has shape [23000, 23000], expected {g_shape}")
+    assert out[1] == "LOADED tuple"  # the discriminator is never copied
+    assert out[2].startswith(f"REFUSED ConversionError {issue}: not a StyleGAN2 generator checkpoint "
+                             "(top-level keys: w)")
+    assert out[3] == _refused(tmp_path / "e4e_bomb.pt", "ConversionError",
+                              "encoder.styles.0.linear.weight has shape [23000, 23000] (2.0 GiB), more values than any "
+                              f"array of the e4e encoder its shapes describe (at most {largest(small)}); {corrupt}")
+    assert out[4] == "LOADED tuple"  # the decoder is never copied
+    assert out[5] == _refused(issue, "ConversionError",
+                              "w has shape [23000, 23000] (2.0 GiB), more values than any array of the reference FFHQ "
+                              f"e4e encoder (at most {largest(E4EConfig())}); {corrupt}")
+    for line, what in zip(out[6:], ("reference ArcFace IR-SE50", "reference StyleFlow CNF (modellarge10k)",
+                                    "torchvision VGG16 / AlexNet LPIPS")):
+        assert line.startswith(f"REFUSED ConversionError {issue}: w has shape [23000, 23000] (2.0 GiB), more values "
+                               f"than any array of the {what} (at most "), line
+        assert line.endswith(corrupt), line
+
+
+def test_consistent_but_widened_generator_refused_before_copying(tmp_path):
+    """Anchor shapes that describe a bigger network than the converter supports (here: any, with the limit
+    lowered to 1 KiB) are refused before a tensor is copied."""
+    import test_stylegan2_formats as fmt
+
+    path = tmp_path / "g.pt"
+    fmt.write_rosinality(path, fmt._canonical_from_tf(*fmt._tf_weights()[:2]), fmt._tf_weights()[2])
+    out = _run_capped([f"read_stylegan2({str(path)!r})"], setup="import convert.stylegan2_formats as f\n"
+                                                                "f.MAX_GENERATOR_BYTES = 1024")
+    assert out[0].startswith(f"REFUSED ConversionError {path}: the shapes describe a generator of ")
+    assert out[0].endswith("MiB (float32), more than the 0 MiB this converter supports (config-f at 1024² is "
+                           "~120 MB); not a supported StyleGAN2 generator, refused before copying it")

@@ -15,6 +15,9 @@ from conftest import REPO
 from stylejax.io import atomic, checkpoint
 from stylejax.io.atomic import OutputError
 
+# subprocess.run from a process that has imported JAX: fork+exec at once, nothing of JAX runs in the child
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called")
+
 
 def tree(root):
     """{relative path: sha1 of the content / 'dir' / 'link -> target'} of everything under root, hidden too."""
@@ -335,3 +338,188 @@ def test_generated_folder_is_recognised_by_its_png_mark(tmp_path):
     assert not is_generated_dir(str(tmp_path / "theirs"))
     (tmp_path / "ours" / "notes.txt").write_text("x")
     assert not is_generated_dir(str(tmp_path / "ours"))
+
+
+# ------------------------------------------------------------------------ temporaries after kill -9
+
+_WRITER = """
+import os, signal, sys, time
+from stylejax.io import atomic
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))  # as stylejax.cli does: finally blocks run
+out, ready, kind = sys.argv[1], sys.argv[2], sys.argv[3]
+if kind == "file":
+    with atomic.output_file(out, overwrite=True) as tmp:
+        with open(tmp, "w") as f:
+            f.write("half")
+        open(ready, "w").close()
+        time.sleep(60)
+else:
+    with atomic.output_dir(out, overwrite=True, is_ours=lambda p: True) as tmp:
+        with open(os.path.join(tmp, "new.txt"), "w") as f:
+            f.write("half")
+        open(ready, "w").close()
+        time.sleep(60)
+"""
+
+
+def _start_writer(tmp_path, out, kind, tag):
+    ready = tmp_path / f"ready-{tag}"
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(ready), kind],
+                            env=dict(os.environ, PYTHONPATH=REPO), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not ready.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert ready.exists(), proc.stderr.read() if proc.poll() is not None else "timed out"
+    ready.unlink()
+    return proc
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_temporaries_of_a_killed_writer_are_removed_by_the_next(tmp_path, kind):
+    home = tmp_path / "place"
+    home.mkdir()
+    out = home / "out"
+
+    def write(text):
+        if kind == "file":
+            with atomic.output_file(str(out), overwrite=True) as tmp:
+                with open(tmp, "w") as f:
+                    f.write(text)
+            assert out.read_text() == text
+        else:
+            write_into(str(out), text=text)
+            assert (out / "OURS").read_text() == text
+
+    killed = _start_writer(tmp_path, out, kind, "killed")
+    killed.kill()  # kill -9: no finally block runs
+    killed.wait(timeout=30)
+    assert any(n.startswith(".out.partial-") for n in os.listdir(home)), "the killed writer left nothing to clean"
+    # files that only look like temporaries are the user's: they stay
+    lookalikes = [".out.partial-1-deadbeef", ".out.partial-2-deadbeef.lock"]
+    (home / lookalikes[0]).write_text("the user's file")
+    (home / lookalikes[1]).write_text("not a claim")
+    write("complete")
+    assert sorted(os.listdir(home)) == sorted(lookalikes + ["out"])
+    # a living writer's temporary and claim stay too
+    alive = _start_writer(tmp_path, out, kind, "alive")
+    try:
+        alive_claim = sorted(n for n in os.listdir(home) if n.startswith(f".out.partial-{alive.pid}-"))
+        assert len(alive_claim) == 2  # its temporary and its lock file
+        write("again")
+        assert sorted(os.listdir(home)) == sorted(lookalikes + ["out"] + alive_claim)
+    finally:
+        alive.terminate()  # SIGTERM: its own finally removes its claim
+        alive.wait(timeout=30)
+    assert sorted(os.listdir(home)) == sorted(lookalikes + ["out"])
+
+
+@pytest.mark.parametrize("writer", ["video", "encoding", "marker"])
+def test_every_writer_removes_a_dead_writers_temporaries(tmp_path, writer):
+    """What a killed writer leaves (its temporary and its unlocked claim, as `Temporary` makes them) beside
+    the video, encoding or work-directory marker it was writing is removed by the next write of that file."""
+    name = {"video": "out.mp4", "encoding": "clip.enc", "marker": "done.json"}[writer]
+    stem = tmp_path / f".{name}.partial-99999-0123abcd"
+    (tmp_path / f"{stem.name}.tmp").write_bytes(b"half an encoding")
+    (tmp_path / f"{stem.name}.lock").write_bytes(atomic._CLAIM)
+    (tmp_path / f".{stem.name}.partial-99999-4567cdef.mp4").write_bytes(b"a nested temporary")
+    (tmp_path / f".{stem.name}.partial-99999-4567cdef.lock").write_bytes(atomic._CLAIM)
+    path = str(tmp_path / name)
+    if writer == "video":
+        from stylejax.io.video import write_video
+
+        write_video(path, [np.zeros((16, 16, 3), np.uint8)] * 2, fps=10)
+    elif writer == "encoding":
+        from stylejax.io.encoding import Encoding, save_encoding
+
+        save_encoding(path, Encoding(id_latent=np.zeros((2, 4)), pose_deg=np.zeros((1, 3)), offsets=np.zeros((1, 0)),
+                                     channels=(), fps=10.0, resolution=16, generator_fingerprint="0" * 16,
+                                     pose_model="styleflow-rk4-8", cond_src=np.zeros(17)))
+    else:
+        atomic.write_json(path, {"signature": "x"})
+    assert os.listdir(tmp_path) == [name]
+
+
+def test_check_outputs_across_outputs(place):
+    """Two outputs never share a path or hold one another, except a file kept in a work directory (resumed,
+    never removed as a whole), even one still to be made; nothing is created by the checks."""
+    before = tree(place)
+    work = atomic.Output(str(place / "wd"), "--workdir", lambda p: os.path.isfile(os.path.join(p, "OURS")),
+                         "a work directory", folder=True, resume=True)
+    enc = atomic.Output(str(place / "wd" / "clip.enc"), "--out")
+    assert atomic.check_outputs([enc, work]) == [str(place / "wd" / "clip.enc"), str(place / "wd")]
+    with pytest.raises(OutputError, match="are the same path or one holds the other"):
+        atomic.check_outputs([atomic.Output(str(place / "a.mp4"), "--out"),
+                              atomic.Output(str(place / "a.mp4"), "--side-by-side")])
+    with pytest.raises(OutputError, match="are the same path or one holds the other"):
+        atomic.check_outputs([atomic.Output(str(place / "prev" / "x"), "--out"),
+                              atomic.Output(str(place / "prev"), "--outdir", folder=True)])
+    with pytest.raises(OutputError, match="it is or contains the input"):  # overwrite or not
+        atomic.check_outputs([atomic.Output(str(place / "data" / "video.mp4"), "--out")],
+                             inputs=[str(place / "data" / "video.mp4")], overwrite=True)
+    assert tree(place) == before
+
+
+_LONG_JIT = """
+import os, signal, sys
+import jax, jax.numpy as jnp, numpy as np
+from stylejax import cli
+from stylejax.io import atomic
+from stylejax.io.video import VideoWriter
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+out, video, ready = sys.argv[1], sys.argv[2], sys.argv[3]
+
+
+@jax.jit
+def hours(x):  # one XLA call that does not return for hours: Python signal handlers cannot run meanwhile
+    inner = lambda i, v: jax.lax.fori_loop(0, 1 << 30, lambda j, w: w * 1.0000001 + 1e-9, v)
+    return jax.lax.fori_loop(0, 1 << 30, inner, x)
+
+
+def main(args):
+    with atomic.output_dir(out, overwrite=True, is_ours=lambda p: True) as tmp, \\
+            atomic.output_file(video, overwrite=True) as tmp_video:
+        with open(os.path.join(tmp, "new.txt"), "w") as f:
+            f.write("half")
+        writer = VideoWriter(tmp_video, 10)  # an ffmpeg child writing its own temporary
+        writer.write(np.zeros((16, 16, 3), np.uint8))
+        hours.lower(jnp.ones(4)).compile()
+        open(ready, "w").close()
+        return {"x": float(hours(jnp.ones(4))[0])}
+
+sys.exit(cli.run("t", "", lambda fv: None, main, []))
+"""
+
+
+@pytest.mark.parametrize("sig,code,err", [(signal.SIGTERM, 143, ""), (signal.SIGINT, 130, "error: interrupted\n")])
+def test_signal_stops_a_long_jitted_computation_promptly(tmp_path, sig, code, err):
+    """The issue: SIGTERM was ignored for as long as a jitted computation ran (the handler waited for it to
+    return). Now the command ends within a few seconds (the grace is 1 s; the computation would run for
+    hours), with the old outputs intact and no temporary left."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old output")
+    (tmp_path / "clip.mp4").write_text("old video")
+    ready = tmp_path / "ready"
+    script = tmp_path / "script.py"
+    script.write_text(_LONG_JIT)
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(tmp_path / "clip.mp4"), str(ready)],
+                            env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"), stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not ready.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert ready.exists(), proc.stderr.read() if proc.poll() is not None else "timed out"
+    time.sleep(0.5)  # inside the computation
+    proc.send_signal(sig)
+    try:
+        assert proc.wait(timeout=15) == code
+    finally:
+        proc.kill()
+    assert proc.stderr.read() == err
+    assert sorted(os.listdir(tmp_path)) == ["clip.mp4", "out", "ready", "script.py"]
+    assert os.listdir(out) == ["old.txt"] and (out / "old.txt").read_text() == "old output"
+    assert (tmp_path / "clip.mp4").read_text() == "old video"
+    time.sleep(1.0)  # a surviving ffmpeg child would have (re)created its temporary by now
+    assert sorted(os.listdir(tmp_path)) == ["clip.mp4", "out", "ready", "script.py"]

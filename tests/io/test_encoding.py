@@ -343,10 +343,11 @@ def test_non_finite(tmp_path):
 
 
 def test_pose_model_is_bounded(tmp_path):
-    """The RK4 step count is the only computation size an encoding carries: a hostile one is refused."""
+    """The RK4 step count is the only computation size an encoding carries: a hostile one is refused as soon
+    as the encoding is made (or read)."""
     for model in ("styleflow-rk4-0", "styleflow-rk4-100000000", "truth"):
-        with pytest.raises(EncodingError, match=r"^pose_model .* is not 'styleflow-rk4-N' with N in 1\.\.64"):
-            make_encoding(pose_model=model).rk4_steps
+        with pytest.raises(EncodingError, match=r"^invalid encoding: pose_model '.*' (asks for|is not 'styleflow)"):
+            make_encoding(pose_model=model)
 
 
 def test_invalid_encoding_objects():
@@ -383,3 +384,64 @@ def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
     missing_dir = str(tmp_path / "no" / "clip.safetensors")
     with pytest.raises(EncodingError, match=r"directory .* does not exist$"):
         save_encoding(missing_dir, make_encoding())
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_identical_encodings_give_identical_files(tmp_path, version):
+    """Saved by two processes (the safetensors library orders metadata by a per-process hash seed), equal
+    encodings are equal byte for byte, and the safetensors library still reads them."""
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = ("import sys; sys.path[:0] = [sys.argv[2], sys.argv[3]]; from test_encoding import make_encoding; "
+            "from stylejax.io.encoding import save_encoding; save_encoding(sys.argv[1], make_encoding(), sys.argv[4])")
+    repo = os.path.dirname(os.path.dirname(here))
+    for name in ("a.enc", "b.enc"):
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path / name), here, repo, version],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    a, b = (tmp_path / "a.enc").read_bytes(), (tmp_path / "b.enc").read_bytes()
+    assert a == b
+    n, header = header_of(tmp_path / "a.enc")
+    assert list(header)[0] == "__metadata__" and (8 + n) % 8 == 0
+    assert list(header["__metadata__"])[:2] == ["format", "format_version"]
+    assert set(safetensors_numpy.load(a)) == set(header) - {"__metadata__"}
+    back = load_encoding(str(tmp_path / "a.enc"))
+    np.testing.assert_array_equal(back.id_latent, make_encoding().id_latent.astype(np.float32))
+    assert back.settings == make_encoding().settings or version == "1"
+
+
+@pytest.mark.parametrize("over,message", [
+    (dict(pose_model="styleflow-rk4-0"), "pose_model 'styleflow-rk4-0' asks for 0 RK4 steps, outside [1, 64]"),
+    (dict(pose_model="styleflow-rk4-100000000"), "pose_model 'styleflow-rk4-100000000' asks for 100000000 RK4 steps, "
+                                                 "outside [1, 64]"),
+    (dict(settings={"rk4_steps": -1}), "settings 'rk4_steps' = -1 is not a whole number of RK4 steps in [1, 64]"),
+    (dict(settings={"rk4_steps": True}), "settings 'rk4_steps' = True is not a whole number"),
+    (dict(settings={"rk4_steps": 4}), "settings 'rk4_steps' = 4 contradicts pose_model 'styleflow-rk4-8'"),
+    (dict(settings={"noise_mode": 3}), "settings 'noise_mode' = 3 is not one of const, random, none"),
+    (dict(settings={"pose_rows": [0, 18]}), "settings 'pose_rows' = [0, 18] contradicts pose_model"),
+    (dict(settings={"id_frame": T}), f"settings 'id_frame' = {T} is not a frame index in [0, {T})"),
+    (dict(fps=1e9), "fps 1000000000.0 is not a frame rate in (0, 1000.0]"),
+    (dict(resolution=1 << 20), "resolution 1048576 is not in [1, 65536] px"),
+])
+def test_settings_are_bounded_on_save_and_load(tmp_path, over, message):
+    """Every setting the decoder reads is bounded by the file format, whichever side it comes from: made in
+    memory, or read from a version 1 or 2 file written past save_encoding's checks."""
+    with pytest.raises(EncodingError) as e:
+        make_encoding(**over)
+    assert str(e.value).startswith(f"invalid encoding: {message}")
+    path = str(tmp_path / "ok.enc")
+    for version in ("1", "2"):
+        save_encoding(path, make_encoding(with_quad=False), version)
+        tensors, meta = safetensors_numpy.load_file(path), header_of(path)[1]["__metadata__"]
+        for key, value in over.items():
+            if key == "settings":
+                meta["settings"] = json.dumps({**json.loads(meta["settings"]), **value})
+            elif version == "1":
+                meta[key] = str(value)
+            else:
+                part = "identity" if key in ("pose_model", "resolution") else "motion"
+                meta[part] = json.dumps({**json.loads(meta[part]), key: value})
+        p = write_raw(tmp_path / f"v{version}.safetensors", tensors, meta)
+        assert read_error(p).startswith(f"cannot read encoding {p}: {message}"), version

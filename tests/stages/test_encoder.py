@@ -1,10 +1,11 @@
 """The encoder (invert, select_id, head_pose, attributes) on the synthetic clip of `stylejax.demo`, whose answer
-is known: closed-loop recovery from the saved encoding; runs that must agree (chunk sizes, 1 vs 4 devices,
-runs resumed after a stage or inside a chunk); the encoding's round trip; non-finite losses.
+is known: closed-loop recovery from the saved encoding; runs that must agree (chunk sizes, 1 vs 4 devices on
+another CPU's numerics, runs resumed after a stage or inside a chunk); the encoding's round trip; non-finite
+losses.
 
-Cost on 2 CPU cores, about 2.5 min: the networks ~20 s, the closed loop ~55 s; every other encode runs a few
-optimiser steps, so its time is compilation (~10 s a stage): the comparison runs share two module-scoped encodes,
-and the 4-device run compiles in a background process meanwhile.
+Cost on 2 CPU cores, about 3 min: the networks ~20 s, the closed loop ~55 s; every other encode runs a few
+optimiser steps, so its time is compilation (~10 s a stage): the comparison runs share three module-scoped
+encodes, and the 4-device run compiles in a background process meanwhile.
 """
 import json
 import os
@@ -15,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 
+import numerics
 import tiny_encoder
 from conftest import REPO
 from stylejax import demo, optimize, pipeline
@@ -82,21 +84,65 @@ STAGE_ARRAYS = (("invert", "ws.npy"), ("select_id", "id_latent.npy"), ("head_pos
                 ("attributes", "offsets.npy"))
 
 
-def assert_same_run(a, b, exact=False):
-    """Two encodes of one clip agree: the float32 stage outputs of their work directories to 1e-4 (latents,
-    degrees, offsets; measured <= 4e-6 between chunk sizes: XLA's kernels for other batch shapes round
-    differently) and the saved float16 frames to one rounding step; with `exact`, to the bit."""
+def assert_identical_runs(a, b):
+    """The same programs on the same inputs (a resumed run, same chunk size and device count): every stage
+    output of the work directories and the saved encodings are equal to the bit."""
     for stage, name in STAGE_ARRAYS:
         x, y = (np.load(os.path.join(r["workdir"], stage, name)) for r in (a, b))
-        if exact:
-            np.testing.assert_array_equal(x, y, err_msg=f"{stage}/{name}")
-        else:
-            np.testing.assert_allclose(x, y, rtol=0, atol=1e-4, err_msg=f"{stage}/{name}")
+        np.testing.assert_array_equal(x, y, err_msg=f"{stage}/{name}")
     ea, eb = load_encoding(a["path"]), load_encoding(b["path"])
     assert ea.channels == eb.channels and ea.num_frames == eb.num_frames == FRAMES
-    for x, y in ((ea.pose_deg, eb.pose_deg), (ea.offsets, eb.offsets)):
-        assert float16_ulps(x, y).max() <= (0 if exact else 1)
+    for field in ("id_latent", "cond_src", "offset_scale", "pose_deg", "offsets", "quad"):
+        np.testing.assert_array_equal(getattr(ea, field), getattr(eb, field), err_msg=field)
+
+
+# Runs of another chunk size, device count or CPU run other kernels (XLA picks them by shape and instruction
+# set), which round float32 differently. Adam amplifies that where a frame's loss is flat: it divides the
+# gradient by its running RMS, so where the gradient is near zero its rounding picks the direction of a step of
+# about lr. Under another CPU's numerics (tests/numerics.py) the inversion of frame 0, whose target is exactly
+# reachable, moved 1.7e-4 (the other frames' <= 3e-6), the refined yaw/pitch up to 0.38° (attributes.pose_lr 0.2
+# over 8 steps) and the offsets up to 0.064 std (159 and 3394 float16 steps), while no frame's re-synthesis moved
+# more than 0.21 of an 8-bit level RMS. A drift along a flat direction of an image loss is one the image hardly
+# shows: a bound on the parameters is either loose enough to be useless (Adam's bound, 2 lr per step) or tuned
+# on one CPU (1e-4°, which a user's CPU exceeded with 1.39e-4°); a bound on the image is neither. So, for such
+# runs (`assert_same_encoding`):
+RMS_LEVELS = 1.0  # the two runs' re-syntheses differ by < 1 8-bit level RMS in every frame: below the
+#                   quantisation of the video a user watches (measured <= 0.21 level)
+PSNR_DB = 0.05  # the PSNR encode reports (mean over frames) differs by < 0.05 dB, below the 0.1 dB codec
+#                 comparisons resolve (measured <= 0.0012 dB)
+# and what no optimisation touches is equal: the channels ("auto": a margin on this clip, tested below), the
+# identity frame (frame 0 is the only near-frontal one), the roll (alignment bookkeeping) and the crop quads.
+# `python scripts/encode_numerics.py` measures every number above for chunk sizes, device counts and flags.
+
+
+def rendered(run):
+    """The run's saved encoding re-synthesised, in [-1, 1] (one program for every run: the renders differ only
+    by the encodings)."""
+    from stylejax.decoder import iter_renders
+
+    if "images" not in run:
+        g, _, flow, _ = tiny_encoder.networks()
+        run["images"] = np.concatenate([img for _, _, img in
+                                        iter_renders(load_encoding(run["path"]), g, flow, chunk=FRAMES)])
+    return run["images"]
+
+
+def rms_levels(a, b):
+    """Per-frame RMS difference of images in [-1, 1], in 8-bit levels (1 / 127.5)."""
+    return np.sqrt(np.mean((a.astype(np.float64) - b) ** 2, axis=(1, 2, 3))) * 127.5
+
+
+def assert_same_encoding(a, b):
+    """Two encodes of one clip with other chunk sizes, device counts or numerics: the same to the eye."""
+    ea, eb = load_encoding(a["path"]), load_encoding(b["path"])
+    assert ea.num_frames == eb.num_frames == FRAMES
+    assert ea.channels == eb.channels
+    assert a["summary"]["id_frame"] == b["summary"]["id_frame"] == ea.settings["id_frame"] == eb.settings["id_frame"]
+    np.testing.assert_array_equal(ea.pose_deg[:, 2], eb.pose_deg[:, 2], err_msg="roll")
     np.testing.assert_array_equal(ea.quad, eb.quad)
+    rms = rms_levels(rendered(a), rendered(b))
+    assert rms.max() < RMS_LEVELS, rms
+    assert abs(a["summary"]["psnr_db"] - b["summary"]["psnr_db"]) < PSNR_DB, (a["summary"], b["summary"])
 
 
 def stage_markers(workdir_path):
@@ -193,24 +239,25 @@ from stylejax import load
 nets = pipeline.Nets(**{{k: load(v) for k, v in {nets!r}.items()}}).check()
 enc, summary = pipeline.encode(pipeline.Workdir({workdir!r}), nets, tiny_encoder.few_steps_config(4), out={out!r},
                                log=lambda msg: None)
-print(json.dumps({{"devices": summary["devices"], "chunk": summary["chunk_size"], "jax": jax.device_count()}}))
+print(json.dumps({{"summary": summary, "jax": jax.device_count()}}))
 """
 
 
 @pytest.fixture(scope="module")
 def four_devices(tmp_path_factory, clip, nets_dir):
-    """Chunks of 4 frames split over 4 forced CPU devices, in a background process started as early as the
-    module allows: its compilation (one core) overlaps with this process's encodes."""
+    """Chunks of 4 frames split over 4 forced CPU devices, with the other numerics than this process's
+    (tests/numerics.py: as on another CPU), in a background process started as early as the module allows: its
+    compilation (one core) overlaps with this process's encodes."""
     d = str(tmp_path_factory.mktemp("four_devices"))
     truth, frames = clip
     workdir = demo.synthetic_workdir(os.path.join(d, "workdir"), frames, truth[1])
     out = os.path.join(d, "clip.enc")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip())
+    flags = numerics.with_flags(numerics.subprocess_xla_flags(), ["--xla_force_host_platform_device_count=4"])
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, XLA_FLAGS=flags)
     code = DRIVER.format(tests=os.path.join(REPO, "tests"), nets=nets_dir, workdir=workdir.path, out=out)
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    yield {"proc": proc, "workdir": workdir.path, "path": out}
+    yield {"proc": proc, "workdir": workdir.path, "path": out, "xla_flags": flags}
     if proc.poll() is None:
         proc.kill()
         proc.communicate()
@@ -232,9 +279,18 @@ def reference(tmp_path_factory, clip):
 
 
 @pytest.fixture(scope="module")
+def chunked(tmp_path_factory, clip):
+    """Chunks of 4 (4, 4, 2: the last one padded), uninterrupted."""
+    run = encode_clip(str(tmp_path_factory.mktemp("chunked")), clip, 4)
+    assert run["summary"]["chunk_size"] == 4
+    assert run["stages"] == ["invert"] * 3 + ["head_pose"] * 3 + ["attributes"] * 3
+    return run
+
+
+@pytest.fixture(scope="module")
 def interrupted(tmp_path_factory, clip):
-    """Chunks of 4 (4, 4, 2): Ctrl-C right after the second attributes chunk was optimised, then the same call
-    again on the same work directory."""
+    """Chunks of 4: Ctrl-C right after the second attributes chunk was optimised, then the same call again on
+    the same work directory."""
     d = str(tmp_path_factory.mktemp("interrupted"))
     with pytest.raises(KeyboardInterrupt):
         encode_clip(d, clip, 4, interrupt=("attributes", 2))
@@ -249,14 +305,14 @@ def interrupted(tmp_path_factory, clip):
     return run
 
 
-def test_chunked_equals_unchunked(reference, interrupted):
-    # every frame is its own problem and its random key depends on the global frame index: chunks of 4 (the
-    # last one padded) reproduce one chunk of 10
-    assert interrupted["summary"]["chunk_size"] == 4
-    assert_same_run(interrupted, reference)
+def test_chunked_equals_unchunked(reference, chunked):
+    """Every frame is its own problem (per-frame parameters, the sum of per-frame losses, element-wise Adam, no
+    randomness): chunks of 4 reproduce one chunk of 10 up to float32 rounding, bounded where the user sees it
+    (RMS_LEVELS, PSNR_DB and the reasoning above them)."""
+    assert_same_encoding(chunked, reference)
 
 
-def test_resume_inside_an_interrupted_chunk(interrupted):
+def test_resume_inside_an_interrupted_chunk(interrupted, chunked):
     first, state = interrupted["first"], interrupted["after_interrupt"]
     assert first.stages == ["invert"] * 3 + ["head_pose"] * 3 + ["attributes"] * 2
     # Ctrl-C left the finished stages and the first attributes chunk marked, nothing of the interrupted chunk
@@ -266,6 +322,8 @@ def test_resume_inside_an_interrupted_chunk(interrupted):
     # the rerun optimised only the interrupted chunk and the one after it, and left the finished stages alone
     assert interrupted["stages"] == ["attributes", "attributes"]
     assert interrupted["mtimes_after"] == interrupted["mtimes_before"]
+    # the same programs on the same inputs as the uninterrupted run with the same chunk size: the same bits
+    assert_identical_runs(interrupted, chunked)
 
 
 def test_each_stage_compiles_its_step_once(interrupted):
@@ -275,7 +333,7 @@ def test_each_stage_compiles_its_step_once(interrupted):
 
 
 def test_resume_after_a_stage(reference, tmp_path):
-    copy = dict(reference, workdir=str(tmp_path / "workdir"), path=str(tmp_path / "clip.enc"))
+    copy = dict(workdir=str(tmp_path / "workdir"), path=str(tmp_path / "clip.enc"))
     shutil.copytree(reference["workdir"], copy["workdir"])
     attributes = os.path.join(copy["workdir"], "attributes")
     for name in os.listdir(attributes):
@@ -289,19 +347,41 @@ def test_resume_after_a_stage(reference, tmp_path):
                         out=copy["path"], log=quiet)
     assert rec.stages == ["attributes"] and done() == before
     # the same program on the same inputs: the same bits (the earlier stages' arrays are compared too)
-    assert_same_run(copy, reference, exact=True)
+    assert_identical_runs(copy, reference)
 
 
 def test_four_devices_give_the_encoding_of_one(four_devices, reference):
+    """One frame per device and another CPU's numerics (tests/numerics.py): the same per-frame programs as
+    on one device up to float32 rounding, bounded as for chunk sizes."""
     try:
         stdout, stderr = four_devices["proc"].communicate(timeout=600)
     except subprocess.TimeoutExpired:
         four_devices["proc"].kill()
         raise
     assert four_devices["proc"].returncode == 0, stderr[-3000:]
-    assert json.loads(stdout.strip().splitlines()[-1]) == {"devices": 4, "chunk": 4, "jax": 4}
-    # one frame per device: the same per-frame programs as on one device, up to the kernels' rounding
-    assert_same_run(four_devices, reference)
+    out = json.loads(stdout.strip().splitlines()[-1])
+    assert (out["summary"]["devices"], out["summary"]["chunk_size"], out["jax"]) == (4, 4, 4)
+    assert_same_encoding(dict(four_devices, summary=out["summary"]), reference)
+
+
+def test_auto_channels_have_a_margin(reference):
+    """The runs compared above must choose the same "auto" channels. The choice ranks channel scores (spread
+    over the video's inversions / spread over random samples), so a near-tie at the 32nd place could flip with
+    rounding. On this clip the scores of the 32nd and 33rd channels are 0.17% apart, while another CPU's
+    numerics move any score by at most 0.039% (scripts/encode_numerics.py): inversions with every element
+    perturbed by 1e-4 (the largest difference between two runs' inversions is 1.7e-4, on frame 0; elsewhere
+    <= 5e-6) choose the same channels in every draw. (1e-3 flips the 32nd channel in one draw of four.)"""
+    from stylejax.stages.attributes import auto_channels
+
+    g = tiny_encoder.networks()[0]
+    config = tiny_encoder.few_steps_config(FRAMES).attributes
+    ws = np.load(os.path.join(reference["workdir"], "invert", "ws.npy"))
+    chosen = auto_channels(g, ws, int(config.num_channels), int(config.auto_samples))
+    assert chosen == json.load(open(os.path.join(reference["workdir"], "attributes", "channels.json")))["channels"]
+    rng = np.random.RandomState(0)
+    for _ in range(4):
+        noisy = ws + 1e-4 * rng.standard_normal(ws.shape).astype(np.float32)
+        assert auto_channels(g, noisy, int(config.num_channels), int(config.auto_samples)) == chosen
 
 
 # ------------------------------------------------------------------------------------------------ the file
