@@ -390,3 +390,32 @@ def load_config(path):
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def face_clip(num_frames, seed=0, size=160):
+    """A short synthetic "talking head" that dlib finds a face in: scikit-image's astronaut photograph (a real
+    face, public domain, shipped with the package) rotated (±3°), zoomed (±3%) and shifted (±4 px) smoothly,
+    as a list of `size`² RGB uint8 frames. For tests and benchmarks of the batch mode and alignment on real
+    detection and landmarks without the shared fixtures; the random networks cannot reconstruct it."""
+    return list(face_frames(num_frames, seed, size))
+
+
+def face_frames(num_frames, seed=0, size=160):
+    """The frames of `face_clip` one at a time (a long clip never has to fit in memory)."""
+    import cv2
+
+    try:
+        from skimage.data import astronaut
+    except ImportError:
+        raise UserError("synthetic face clips need scikit-image: pip install scikit-image") from None
+    img = astronaut()
+    rng = np.random.RandomState(seed)
+    phase = rng.uniform(0, 2 * np.pi, 4)
+    centre = (227.0, 125.0)  # the face in the 512² photograph
+    zoom = 1.7 * size / 160  # the face about 3/4 of the frame wide
+    for t in range(num_frames):
+        m = cv2.getRotationMatrix2D(centre, 3.0 * np.sin(2 * np.pi * t / 12 + phase[0]),
+                                    zoom * (1 + 0.03 * np.sin(2 * np.pi * t / 9 + phase[1])))
+        m[:, 2] += (size / 2 - centre[0] + 4 * np.sin(2 * np.pi * t / 10 + phase[2]),
+                    size / 2 - centre[1] + 3 * np.sin(2 * np.pi * t / 11 + phase[3]))
+        yield cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)

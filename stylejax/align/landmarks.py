@@ -173,10 +173,11 @@ class FaceTracker:
             return np.zeros((0, 4))
         return np.asarray(boxes, np.float64) / scale + np.array([wx0, wy0, wx0, wy0])
 
-    def __call__(self, frame: np.ndarray):
-        """Landmarks [68, 2] of the tracked face in this frame, or None if it is not found."""
+    def detect(self, gray: np.ndarray):
+        """The tracked face's box (x0, y0, x1, y1) in this grayscale frame, or None if it is not found. This
+        is the sequential part of tracking (each search starts from the previous box); the landmarks inside
+        the box (`frame_landmarks`) depend on this frame alone, so they can be computed in parallel."""
         self.frame_index += 1
-        gray = _gray(frame) if frame.ndim == 3 else frame
         chosen = None
         if self.box is not None:
             boxes = self._track_window(gray)
@@ -202,12 +203,22 @@ class FaceTracker:
         if chosen is None:
             self.missed += 1
             return None
-        landmarks = predict_landmarks(gray, chosen)
-        if self.refine:
-            landmarks = refine_landmarks(gray, landmarks, self.refine)
         self.box = chosen
         self.missed = 0
-        return landmarks
+        return chosen
+
+    def __call__(self, frame: np.ndarray):
+        """Landmarks [68, 2] of the tracked face in this frame, or None if it is not found."""
+        gray = _gray(frame) if frame.ndim == 3 else frame
+        box = self.detect(gray)
+        return None if box is None else frame_landmarks(gray, box, self.refine)
+
+
+def frame_landmarks(gray: np.ndarray, box, refine: int = 1) -> np.ndarray:
+    """68 landmarks [68, 2] of the face in `box` of one grayscale frame: the predictor inside the detector's
+    box, then `refine` rounds of `refine_landmarks`. Depends on this frame and box only."""
+    landmarks = predict_landmarks(gray, box)
+    return refine_landmarks(gray, landmarks, refine) if refine else landmarks
 
 
 # ------------------------------------------------------------------------------------------------ aligned crops

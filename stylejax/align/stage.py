@@ -2,13 +2,14 @@
 
     python -m stylejax.align --video IN --out DIR [--size 1024] [--stabiliser poly|savgol|gaussian|none]
                              [--center-window 9 --axes-window 19 --order 2] [--center-sigma 1 --axes-sigma 3]
-                             [--keep-roll] [--preview] [--max-gap 15]
+                             [--keep-roll] [--preview] [--max-gap 15] [--workers N]
     python -m stylejax.align paste --video ORIG --aligned DIR_OR_FRAMES --transforms DIR/transforms.npz --out OUT.mp4
 
 Coordinate, quad and roll conventions: `stylejax.align.geometry` (the one place they are stated).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Callable
@@ -22,26 +23,58 @@ from stylejax.align.geometry import (AlignError, crop_frame, eye_distance, fill_
 from stylejax.align.landmarks import log_stderr
 from stylejax.align.stabilise import METHODS, Stabiliser, make_stabiliser
 from stylejax.align.warp import _INTERP, face_mask, paste_back, render_crop
+from stylejax.errors import UserError
 from stylejax.io import atomic
 from stylejax.io.transforms import FILE, load_transforms, save_transforms
 from stylejax.io.video import VideoWriter, is_mp4, iter_frames, load_frames, probe
 
 
-def _landmark_stream(video: str, info, max_frames: int | None, max_gap: int, min_eye_dist: float,
-                     detect_long_side: int, refine: int, log: Callable[[str], None]):
-    """Yield (t, frame, landmarks [68,2] or None) for each frame, failing fast (AlignError) as soon as the
-    face has been missing for more than `max_gap` frames or is too small to align."""
-    from stylejax.align.landmarks import FaceTracker
+def _tracked(frames, tracker, refine: int, max_frames: int | None, workers):
+    """Yield (t, frame, landmarks [68,2] or None) in frame order. The tracker's detection runs here, frame by
+    frame; with `workers` (LandmarkWorkers) the landmarks of up to 2 frames per worker are computed ahead in
+    parallel (identical results; memory bounded by those few frames)."""
+    from collections import deque
 
-    tracker = FaceTracker(detect_long_side=detect_long_side, refine=refine, log=log)
-    frames = iter_frames(video, info)
-    last_valid, seen_face, count = -1, False, 0
+    from stylejax.align.landmarks import _gray, frame_landmarks
+
+    ahead = deque()  # (t, frame, box) whose landmarks are being computed
     try:
         for t, frame in enumerate(frames):
             if max_frames is not None and t >= max_frames:
                 break
+            gray = _gray(frame)
+            box = tracker.detect(gray)
+            if workers is None:
+                yield t, frame, None if box is None else frame_landmarks(gray, box, refine)
+                continue
+            if box is not None:
+                workers.submit(gray, box, refine)
+            ahead.append((t, frame, box))
+            while len(ahead) > 2 * workers.n:
+                t0, f0, b0 = ahead.popleft()
+                yield t0, f0, None if b0 is None else workers.collect()
+        while ahead:
+            t0, f0, b0 = ahead.popleft()
+            yield t0, f0, None if b0 is None else workers.collect()
+    finally:
+        if workers is not None:
+            workers.drain()  # a persistent pool starts the next video clean
+
+
+def _landmark_stream(video: str, info, max_frames: int | None, max_gap: int, min_eye_dist: float,
+                     detect_long_side: int, refine: int, log: Callable[[str], None], workers=None):
+    """Yield (t, frame, landmarks [68,2] or None) for each frame, failing fast (AlignError) as soon as the
+    face has been missing for more than `max_gap` frames or is too small to align. `workers`: None, or the
+    LandmarkWorkers computing the landmarks of several frames at once."""
+    from stylejax.align.landmarks import FaceTracker
+
+    tracker = FaceTracker(detect_long_side=detect_long_side, refine=refine, log=log)
+    frames = iter_frames(video, info)
+    tracked = _tracked(frames, tracker, refine, max_frames, workers)
+    last_valid, seen_face, count = -1, False, 0
+    try:
+        for t, frame, lm in tracked:
             count = t + 1
-            lm = tracker(frame)
             if lm is not None:
                 eyes = float(eye_distance(lm))
                 if eyes < min_eye_dist:
@@ -56,6 +89,7 @@ def _landmark_stream(video: str, info, max_frames: int | None, max_gap: int, min
                                  f"(missing from frame {last_valid + 1})")
             yield t, frame, lm
     finally:
+        tracked.close()
         frames.close()
     if not seen_face:
         raise AlignError(f"no face found in {video} (in any of its {count} frames)"
@@ -87,14 +121,35 @@ def _no_face_cause(frame, detect_long_side):
             f"{_SMALLEST_FACE_FRAME} px wide")
 
 
+@contextlib.contextmanager
+def landmark_workers(workers):
+    """`workers`: 0 or None (landmarks in this process), a number of worker processes to start for the
+    duration, or a running `LandmarkWorkers` (kept running)."""
+    from stylejax.align.workers import LandmarkWorkers
+
+    if workers is None or isinstance(workers, LandmarkWorkers):
+        yield workers
+    elif int(workers) < 0:
+        raise AlignError(f"--workers must be >= 0 (0: landmarks in this process), got {workers}")
+    elif int(workers) == 0:
+        yield None
+    else:
+        with LandmarkWorkers(int(workers)) as pool:
+            yield pool
+
+
 def track_landmarks(video: str, max_frames: int | None = None, max_gap: int = 15, min_eye_dist: float = 32.0,
-                    detect_long_side: int = 480, refine: int = 1, log: Callable[[str], None] = log_stderr):
-    """Landmarks [T,68,2] (gaps interpolated), valid [T], and the video's `VideoInfo` (no rendering)."""
+                    detect_long_side: int = 480, refine: int = 1, log: Callable[[str], None] = log_stderr,
+                    workers=0):
+    """Landmarks [T,68,2] (gaps interpolated), valid [T], and the video's `VideoInfo` (no rendering).
+    `workers`: see `landmark_workers` (the landmarks are the same with any number)."""
     info = probe(video)
     landmarks, valid = [], []
-    for _, _, lm in _landmark_stream(video, info, max_frames, max_gap, min_eye_dist, detect_long_side, refine, log):
-        landmarks.append(lm if lm is not None else np.zeros((68, 2)))
-        valid.append(lm is not None)
+    with landmark_workers(workers) as pool:
+        for _, _, lm in _landmark_stream(video, info, max_frames, max_gap, min_eye_dist, detect_long_side, refine,
+                                         log, pool):
+            landmarks.append(lm if lm is not None else np.zeros((68, 2)))
+            valid.append(lm is not None)
     landmarks, valid = np.stack(landmarks), np.asarray(valid)
     return fill_gaps(landmarks, valid), valid, info
 
@@ -120,15 +175,17 @@ def align_video(video: str, out_dir: str, size: int = 1024, center_sigma: float 
                 axes_sigma: float | None = None, keep_roll: bool = False, preview: bool = False, max_gap: int = 15,
                 min_eye_dist: float = 32.0, max_frames: int | None = None, resample: str = "cubic",
                 overwrite: bool = False, detect_long_side: int = 480, refine: int = 1,
-                log: Callable[[str], None] = log_stderr, stabiliser: str | Stabiliser | None = None) -> dict:
+                log: Callable[[str], None] = log_stderr, stabiliser: str | Stabiliser | None = None,
+                workers=0) -> dict:
     """Align every frame of `video` into `out_dir` (frames.npy, transforms.npz, preview.mp4 if asked).
 
     One decoding pass: frame t is rendered as soon as the (smoothed) transform of t is final, i.e. once a
     face has been seen at or after t + the stabiliser's reach; the crops of frames waiting for that
     are the only frames held in memory. Rendering runs on a worker thread (OpenCV releases the GIL) while
     dlib tracks the next frames. Everything is written to a temporary sibling directory that is renamed to
-    `out_dir` at the end, so a failure never leaves a complete-looking output. Returns the transforms dict
-    (also with `timing_s`).
+    `out_dir` at the end, so a failure never leaves a complete-looking output. `workers` (see
+    `landmark_workers`): landmarks of several frames at once in worker processes, with identical results.
+    Returns the transforms dict (also with `timing_s`).
     """
     video = os.path.abspath(video)
     if size < 16 or size % 2 or size > MAX_SIZE:
@@ -151,10 +208,11 @@ def align_video(video: str, out_dir: str, size: int = 1024, center_sigma: float 
     if min(width, height) < 2 * min_eye_dist:
         raise AlignError(f"{video} is only {width}x{height} px: too small to hold a face whose eyes are "
                          f">= {min_eye_dist:g} px apart (--min-eye-dist); use the original, higher-resolution video")
-    with atomic.output_dir(out_dir, overwrite=overwrite, inputs=[video], is_ours=is_aligned_dir,
-                           what="aligned output directory") as tmp:
+    with landmark_workers(workers) as pool, atomic.output_dir(out_dir, overwrite=overwrite, inputs=[video],
+                                                             is_ours=is_aligned_dir,
+                                                             what="aligned output directory") as tmp:
         return _align_into(tmp, video, info, size, stab, keep_roll, preview, max_gap,
-                           min_eye_dist, max_frames, resample, detect_long_side, refine, log)
+                           min_eye_dist, max_frames, resample, detect_long_side, refine, log, pool)
 
 
 MAX_SIZE = 4096  # crops beyond this are a typo: 4096² RGB is 48 MiB a frame
@@ -167,7 +225,7 @@ def is_aligned_dir(path: str) -> bool:
 
 
 def _align_into(tmp, video, info, size, stab, keep_roll, preview, max_gap, min_eye_dist,
-                max_frames, resample, detect_long_side, refine, log):
+                max_frames, resample, detect_long_side, refine, log, workers):
     import collections
     import time
     from concurrent.futures import ThreadPoolExecutor
@@ -211,7 +269,7 @@ def _align_into(tmp, video, info, size, stab, keep_roll, preview, max_gap, min_e
         total = info.approx_frames if max_frames is None else min(max_frames, info.approx_frames)
         bar = cli.progress(total=total or None, desc="align", unit="frame")
         for t, frame, lm in _landmark_stream(video, info, max_frames, max_gap, min_eye_dist, detect_long_side,
-                                             refine, log):
+                                             refine, log, workers):
             bar.update(1)
             valid.append(lm is not None)
             landmarks.append(lm if lm is not None else np.zeros((68, 2)))
@@ -359,6 +417,9 @@ def define_align_flags(fv):
     flags.DEFINE_integer("max-frames", None, "only the first N frames", flag_values=fv)
     flags.DEFINE_enum("resample", "cubic", sorted(_INTERP), "crop resampler", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "replace an existing --out directory written by this command", flag_values=fv)
+    flags.DEFINE_integer("workers", None, "landmark worker processes (0: none; default: one per core, at most 8, for "
+                         f"videos longer than {AUTO_WORKERS_MIN_FRAMES} frames); the landmarks are the same with any "
+                         "number", flag_values=fv)
     flags.DEFINE_bool("no-refine", False,
                       "skip the upright 5-box landmark refinement: ~2x faster landmarks, ~2x noisier quads", flag_values=fv)
 
@@ -374,14 +435,33 @@ def define_paste_flags(fv):
     flags.DEFINE_bool("overwrite", False, "replace an existing --out file", flag_values=fv)
 
 
+# starting the landmark workers costs about as much as aligning this many frames in one process
+AUTO_WORKERS_MIN_FRAMES = 60
+
+
+def auto_workers(video: str, max_frames: int | None = None) -> int:
+    """Landmark workers for `video` when --workers is not given: none for short videos, else one per core."""
+    from stylejax.align.workers import default_workers
+
+    try:
+        frames = probe(video).approx_frames
+    except UserError:
+        return 0  # align_video reports the problem
+    if max_frames is not None:
+        frames = min(frames, max_frames)
+    return default_workers() if frames > AUTO_WORKERS_MIN_FRAMES else 0
+
+
 def run_align(args):
     cli.require(args, "video", "out")
+    workers = auto_workers(args.video, args.max_frames) if args.workers is None else args.workers
     stab = make_stabiliser(args.stabiliser, center_window=args.center_window, axes_window=args.axes_window,
                            order=args.order, center_sigma=args.center_sigma, axes_sigma=args.axes_sigma)
     tf = align_video(args.video, args.out, size=args.size, stabiliser=stab, keep_roll=args.keep_roll,
                      preview=args.preview,
                      max_gap=args.max_gap, min_eye_dist=args.min_eye_dist, max_frames=args.max_frames,
                      resample=args.resample, overwrite=args.overwrite, refine=0 if args.no_refine else 1,
+                     workers=workers,
                      log=(lambda msg: None) if args.json else log_stderr)
     n, detected = len(tf["valid"]), int(tf["valid"].sum())
     return {"message": f"aligned {n} frames ({detected} with a detected face) into {args.out}",

@@ -116,13 +116,31 @@ def channel_pool(gconfig):
     return np.array(idx)
 
 
+AUTO_CHUNK = 256  # frames per call when measuring the spread over a video: memory bounded by this, not by T
+
+
+def video_style_std(g, ws_frames, chunk=AUTO_CHUNK):
+    """[sum C_l] standard deviation of every StyleSpace channel over the frames' W+ latents `ws_frames`
+    ([T, num_ws, w_dim], e.g. memory-mapped), `chunk` frames at a time (the last chunk padded: one program)."""
+    styles = jax.jit(lambda g, w: flatten_styles(g.styles_from_ws(w)))
+    t = len(ws_frames)
+    n = min(t, chunk)
+    total, total_sq = 0.0, 0.0
+    for lo in range(0, t, n):  # float64 sums: spreads far below the channels' means survive
+        w = np.asarray(ws_frames[lo:lo + n], np.float32)
+        k = len(w)
+        w = np.concatenate([w, np.repeat(w[-1:], n - k, axis=0)]) if k < n else w
+        s = np.asarray(styles(g, jnp.asarray(w)), np.float64)[:k]
+        total, total_sq = total + s.sum(axis=0), total_sq + (s ** 2).sum(axis=0)
+    return np.sqrt(np.maximum(total_sq / t - (total / t) ** 2, 0.0))
+
+
 def auto_channels(g, ws_frames, num_channels, samples, seed=0):
     """The `num_channels` pool channels whose spread over the video's frames is largest relative to their
     spread over random generator samples."""
-    flat_video = np.asarray(flatten_styles(jax.jit(lambda g, w: g.styles_from_ws(w))(g, jnp.asarray(ws_frames))))
     z = jax.random.normal(jax.random.PRNGKey(seed), (int(samples), g.config.z_dim))
     flat_random = np.asarray(flatten_styles(jax.jit(lambda g, z: g.styles_from_ws(g.mapping(z)))(g, z)))
-    score = flat_video.std(axis=0) / (flat_random.std(axis=0) + 1e-8)
+    score = video_style_std(g, ws_frames) / (flat_random.std(axis=0) + 1e-8)
     pool = channel_pool(g.config)
     if len(pool) < num_channels:
         raise PipelineError(f"the generator has only {len(pool)} channels to choose from, fewer than "
@@ -136,7 +154,7 @@ def resolve_channels(spec, g, wd, num_channels, samples):
     if spec == "default" and is_ffhq_1024(gconfig):
         spec = DEFAULT_CHANNELS
     if spec in ("default", "auto"):
-        return auto_channels(g, np.asarray(wd.load("invert", "ws.npy")), num_channels, samples), "auto"
+        return auto_channels(g, wd.load("invert", "ws.npy"), num_channels, samples), "auto"
     data = atomic.read_json(spec, "channel list")
     names = data.get("channels") if isinstance(data, dict) else data
     if not isinstance(names, list) or not names:
