@@ -74,19 +74,9 @@ def unflatten(flat):
 def is_delta_file(path) -> bool:
     """Whether `path` is a stylejax delta by its header (the only kind of file a delta output may replace with
     --overwrite); reads at most the header."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                return False
-            (n,) = struct.unpack("<Q", head)
-            if n > _MAX_HEADER:
-                return False
-            header = json.loads(f.read(n).decode("utf-8"))
-    except (OSError, ValueError):
-        return False
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    return isinstance(meta, dict) and meta.get("format") == FORMAT
+    from stylejax.io.encoding import safetensors_metadata
+
+    return (safetensors_metadata(path) or {}).get("format") == FORMAT
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

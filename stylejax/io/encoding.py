@@ -548,22 +548,28 @@ def _read_container(path: str) -> tuple[dict, dict]:
     return tensors, meta if isinstance(meta, dict) else {}
 
 
-def is_encoding_file(path: str) -> bool:
-    """Whether `path` is a stylejax encoding by its header (the kind of file `save_encoding` writes, so the only
-    kind an encoding output may replace with --overwrite); reads at most the header."""
+def safetensors_metadata(path: str) -> dict | None:
+    """The `__metadata__` of a safetensors file (encodings and deltas are both), or None when `path` is not
+    one; reads at most the header."""
     try:
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
-                return False
+                return None
             (n,) = struct.unpack("<Q", head)
             if n > _MAX_HEADER:
-                return False
+                return None
             header = json.loads(f.read(n).decode("utf-8"))
     except (OSError, ValueError):
-        return False
+        return None
     meta = header.get("__metadata__") if isinstance(header, dict) else None
-    return isinstance(meta, dict) and meta.get("format") == FORMAT
+    return meta if isinstance(meta, dict) else None
+
+
+def is_encoding_file(path: str) -> bool:
+    """Whether `path` is a stylejax encoding by its header (the kind of file `save_encoding` writes, so the only
+    kind an encoding output may replace with --overwrite); reads at most the header."""
+    return (safetensors_metadata(path) or {}).get("format") == FORMAT
 
 
 def _json_field(meta: dict, key: str, kind: type, fail):
