@@ -95,7 +95,8 @@ def run(ctx):
         start = {"ws": ws0} if space == "w+" else {"w": jnp.mean(ws0, axis=1)}  # W: the mean of e4e's rows
         batch = {**batch, "target": resize(frames, ctx.loss_size)}
         if reg != "none":
-            batch["anchor"] = ws0 if reg == "e4e" else jnp.broadcast_to(w_avg, ws0.shape)
+            # a buffer of its own: the optimiser donates the starting params, which the e4e anchor would share
+            batch["anchor"] = jnp.array(ws0, copy=True) if reg == "e4e" else jnp.broadcast_to(w_avg, ws0.shape)
         return start, batch
 
     num_ws, w_dim = g.config.num_ws, g.config.w_dim
