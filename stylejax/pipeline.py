@@ -60,11 +60,11 @@ def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] 
         save_encoding(out_real, enc, version=format_version)
         enc = load_encoding(out_real)  # metrics from the saved (float16) file: what a user gets
     t0 = time.perf_counter()
-    summary = render.evaluate(enc, nets, workdir, config, chunk=ctx.chunk)
+    summary = render.evaluate(enc, nets, workdir, config, chunk=ctx.render_chunk)
     times["evaluate"] = time.perf_counter() - t0
     summary.update(stage_seconds={k: round(v, 3) for k, v in times.items()}, frames=enc.num_frames,
                    bytes_per_frame=enc.bytes_per_frame, id_frame=int(json.load(open(workdir.file("select_id", "id.json")))["frame"]),
-                   chunk_size=ctx.chunk, devices=int(ctx.mesh.devices.size))
+                   chunk_size=ctx.chunk, chunks=ctx.chunk_choices, steps_run=ctx.steps_run, devices=int(ctx.mesh.devices.size))
     return enc, summary
 
 
