@@ -26,6 +26,10 @@ def get_config():
     c.invert.lpips_weight = 1.0
     c.invert.l2_weight = 1.0
     c.invert.e4e_batch = 8    # frames per e4e call
+    c.invert.coarse_steps = 0   # first steps synthesise only up to the loss size (losses.coarse_resolution)
+    c.invert.stop_tol = 0.0     # > 0: a frame stops when its loss has not fallen by this fraction ...
+    c.invert.stop_patience = 10 # ... for this many steps; a chunk stops when all its frames have
+    c.invert.refine_frames = 0  # refine only the K frames select_id would pick first by e4e's loss; 0 = every frame
 
     c.select_id = ml_collections.ConfigDict()
     c.select_id.max_yaw_deg = 10.0    # near-frontal: |landmark yaw| and |pitch| below these
@@ -37,6 +41,9 @@ def get_config():
     c.head_pose.lr = 1.0              # degrees per Adam step (before decay)
     c.head_pose.lpips_weight = 1.0
     c.head_pose.l2_weight = 1.0
+    c.head_pose.coarse_steps = 0   # first steps synthesise only up to the loss size (losses.coarse_resolution)
+    c.head_pose.stop_tol = 0.0     # > 0: a frame stops when its loss has not fallen by this fraction ...
+    c.head_pose.stop_patience = 10 # ... for this many steps; a chunk stops when all its frames have
     c.head_pose.rk4_steps = 8         # StyleFlow RK4 steps (docs/networks.md: error vs N)
     c.head_pose.condition = "map"     # identity frame's StyleFlow condition: "map" (max. likelihood) or "zeros"
     c.head_pose.condition_steps = 100
@@ -49,6 +56,9 @@ def get_config():
     c.attributes.lr = 0.1          # offsets in channel std units: Adam moves ~lr a step, a budget of ~5.5 std over 100 steps
     c.attributes.refine_pose = True    # refine yaw/pitch jointly with the offsets (from the head_pose values)
     c.attributes.pose_lr = 0.2         # degrees per Adam step for that refinement
+    c.attributes.coarse_steps = 0   # first steps synthesise only up to the loss size (losses.coarse_resolution)
+    c.attributes.stop_tol = 0.0     # > 0: a frame stops when its loss has not fallen by this fraction ...
+    c.attributes.stop_patience = 10 # ... for this many steps; a chunk stops when all its frames have
     c.attributes.channels = "default"  # "default" (configs/channels_ffhq1024.json at 1024), "auto", or a JSON file
     c.attributes.num_channels = 32
     c.attributes.lpips_weight = 1.0

@@ -9,6 +9,8 @@ frame qualifies) the candidates are the frames within 5° of the most frontal on
 Outputs: `select_id/id.json` {frame, reason, landmark_pose_deg}, `select_id/id_latent.npy` [num_ws, w_dim],
 `select_id/landmark_pose.npy` [T, 3] (yaw, pitch, roll in degrees; NaN where unknown).
 """
+import os
+
 import numpy as np
 
 from stylejax.io import atomic
@@ -46,6 +48,14 @@ def choose(loss, pose, max_yaw_deg, max_pitch_deg, forced=-1):
     return int(candidates[np.argmin(np.asarray(loss)[candidates])]), reason
 
 
+def chooser(ctx):
+    """(landmark pose [T, 3], choose: per-frame losses [T] -> frame index): the identity frame this stage picks
+    for given losses (invert asks it which frames are worth refining)."""
+    cfg = ctx.config.select_id
+    pose = landmark_pose(ctx.workdir.transforms(), ctx.num_frames)
+    return pose, lambda loss: choose(loss, pose, float(cfg.max_yaw_deg), float(cfg.max_pitch_deg), int(cfg.frame))[0]
+
+
 def run(ctx):
     cfg, wd = ctx.config.select_id, ctx.workdir
     sig = signature(ctx, "select_id")
@@ -54,6 +64,9 @@ def run(ctx):
     wd.reset("select_id")
     wd.dir("select_id")
     loss = np.asarray(wd.load("invert", "loss.npy"))
+    refined = wd.file("invert", "refined.npy")
+    if os.path.isfile(refined) and np.load(refined).any():  # invert refined only the frames that can win
+        loss = np.where(np.load(refined), loss, np.inf)
     pose = landmark_pose(wd.transforms(), len(loss))
     frame, reason = choose(loss, pose, float(cfg.max_yaw_deg), float(cfg.max_pitch_deg), int(cfg.frame))
     np.save(wd.file("select_id", "landmark_pose.npy"), pose)
