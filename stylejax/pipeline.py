@@ -49,6 +49,7 @@ def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] 
     if id_frame is not None and id_frame >= 0:
         config.select_id.frame = int(id_frame)
     ctx = make_context(workdir, nets, config, log)
+    select_id.check_forced(int(config.select_id.frame), ctx.num_frames)  # before inverting the whole video
     for name, module in ENCODER_STAGES:
         t0 = time.perf_counter()
         module.run(ctx)

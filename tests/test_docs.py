@@ -9,11 +9,18 @@ import re
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAGES = ["README.md"] + sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "docs", "*.md")))
+PAGES = ["README.md"] + sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "docs", "*.md"))) + \
+    sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "stylejax", "**", "README.md"), recursive=True))
+# code whose docstrings and comments name test files ("see tests/align/test_stabilise.py"); not this file, whose
+# self-check names missing ones on purpose
+SOURCES = sorted(set(os.path.relpath(p, REPO) for folder in ("stylejax", "scripts", "convert", "tests", "configs")
+                     for p in glob.glob(os.path.join(REPO, folder, "**", "*.py"), recursive=True))
+                 - {os.path.join("tests", "test_docs.py")})
 
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 # a repository path written in the text, relative to the repository root (not part of a longer path)
 REPO_PATH = re.compile(r"(?<![\w./-])((?:stylejax|tests|scripts|configs|convert|docs|\.ci)/[\w./*-]*)")
+TEST_FILE = re.compile(r"(?<![\w./-])(tests/[\w./-]*\.py)\b")
 
 
 def _text(page):
@@ -57,7 +64,19 @@ def test_named_repository_paths_exist(page):
     assert missing_paths(_text(page)) == []
 
 
+def test_test_files_named_in_the_code_exist():
+    """Docstrings and comments that send the reader to a test file name one that exists (test files moved into
+    tests/nets, tests/align, tests/stages, ... once; their old paths lingered in scripts)."""
+    bad = {}
+    for source in SOURCES:
+        missing = [p for p in TEST_FILE.findall(_text(source)) if not os.path.isfile(os.path.join(REPO, p))]
+        if missing:
+            bad[source] = missing
+    assert bad == {}
+
+
 def test_checks_catch_breakage():
     # the checks themselves: a link to a missing page and a renamed module must be reported
     assert broken_links("docs/x.md", "see [a](nope.md#x), [b](encoder.md), [c](https://x.org/y)") == ["nope.md#x"]
     assert missing_paths("`stylejax/nets/generator.py`, `stylejax/stabilise.py`.") == ["stylejax/stabilise.py"]
+    assert TEST_FILE.findall("see tests/test_stabilise.py's `fast`, not tests/align/x.pyc") == ["tests/test_stabilise.py"]

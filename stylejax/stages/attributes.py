@@ -157,6 +157,9 @@ def run(ctx):
     flat_index = np.array([channel_to_flat_index(n, g.config) for n in channels])
     weights_all = region_weights(wd, t, ctx.loss_size, cfg)
     use_weights = weights_all is not None
+    if use_weights and weights_all.max() == 1.0:
+        ctx.log("[attributes] eye/mouth weighting is on but no eye or mouth landmark falls on the crops: every "
+                "weight is 1 (are the landmarks and quads in the same frame?)")
 
     ws_pose = wd.load("head_pose", "ws_pose.npy")
     pose_in = wd.load("head_pose", "pose.npy")
@@ -201,17 +204,15 @@ def run(ctx):
             f"mean loss {mean_loss:.4f}")
 
 def region_weights(wd, t, size, cfg):
-    """[T, L, L] loss weights from the landmarks (None when off or without landmarks)."""
+    """[T, L, L] loss weights at the loss size L from the landmarks (None when off or without landmarks)."""
     if not (cfg.eye_weight or cfg.mouth_weight):
         return None
     from stylejax.regions import landmarks_to_crop, region_weights as weights
 
     tf = wd.transforms()
-    if "landmarks" not in tf or len(tf["landmarks"]) != t or "size" not in tf:
+    if "landmarks" not in tf or len(tf["landmarks"]) != t or "quad" not in tf:
         return None
-    crop = landmarks_to_crop(np.asarray(tf["landmarks"], np.float64), np.asarray(tf["quad"], np.float64),
-                             int(tf["size"])) * (size / float(tf["size"]))
+    # the quad is in frame pixels, so the landmarks map straight onto an L² crop of it (no rescaling of crop
+    # pixels, whose centres sit half a pixel in)
+    crop = landmarks_to_crop(np.asarray(tf["landmarks"], np.float64), np.asarray(tf["quad"], np.float64), size)
     return np.asarray(weights(crop, size, float(cfg.eye_weight), float(cfg.mouth_weight), 0.02), np.float32)
-
-
-

@@ -29,12 +29,18 @@ def landmark_pose(transforms, num_frames):
                       np.float32)
 
 
+def check_forced(forced, num_frames):
+    """Refuses a forced identity frame past the end of the video (before any stage runs, and in `choose`)."""
+    if forced >= num_frames:
+        raise PipelineError(f"--id-frame {forced} is out of range: the video has {num_frames} frames "
+                            f"(0..{num_frames - 1})")
+
+
 def choose(loss, pose, max_yaw_deg, max_pitch_deg, forced=-1):
     """(frame index, reason). Pure: loss [T], pose [T, 3] (NaN = unknown)."""
     t = len(loss)
     if forced >= 0:
-        if forced >= t:
-            raise PipelineError(f"--id-frame {forced} is out of range: the video has {t} frames (0..{t - 1})")
+        check_forced(forced, t)
         return int(forced), "forced"
     known = np.isfinite(pose[:, :2]).all(axis=1)
     frontal = known & (np.abs(pose[:, 0]) <= max_yaw_deg) & (np.abs(pose[:, 1]) <= max_pitch_deg)
