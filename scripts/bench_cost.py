@@ -57,7 +57,8 @@ BASELINE = {
                        "invert.coarse_steps": 0, "head_pose.coarse_steps": 0, "attributes.coarse_steps": 0,
                        "invert.stop_tol": 0.0, "head_pose.stop_tol": 0.0, "attributes.stop_tol": 0.0},
 }
-# Each idea alone, on top of the baseline ("default" is the config file; "baseline" adds nothing).
+# Each idea alone, then combinations, on top of the baseline ("default" is the config file; "baseline" adds
+# nothing).
 VARIANTS = {
     "baseline": {},
     "refine8": {"invert.refine_frames": 8},
@@ -70,6 +71,11 @@ VARIANTS = {
     "stop1e-3": {"head_pose.stop_tol": 1e-3, "attributes.stop_tol": 1e-3},
     "stop1e-4": {"head_pose.stop_tol": 1e-4, "attributes.stop_tol": 1e-4},
     "bf16": {"dtype": "bfloat16"},
+    # combinations
+    "refine8+head_pose20": {"invert.refine_frames": 8, "head_pose.steps": 20},
+    "refine8+head_pose20+coarse50": {"invert.refine_frames": 8, "head_pose.steps": 20, "attributes.coarse_steps": 50},
+    "refine8+head_pose10+stop1e-3": {"invert.refine_frames": 8, "head_pose.steps": 10,
+                                     "head_pose.stop_tol": 1e-3, "attributes.stop_tol": 1e-3},
     "default": None,
 }
 CONFIG_FILE = {"tiny": "encode_tiny.py", "small64": "encode.py", "f": "encode.py"}
@@ -388,6 +394,7 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=300, help="clip length the one-off work is divided over")
     p.add_argument("--closed-loop", action="store_true", help="tiny/small64: encode two synthetic clips")
     p.add_argument("--loop-frames", type=int, default=16, help="frames of each closed-loop clip")
+    p.add_argument("--loop-only", action="store_true", help="with --closed-loop: skip the FLOPs (no compiling)")
     p.add_argument("--keep", default=None, help="keep the closed-loop work directories here")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
@@ -407,7 +414,7 @@ def main(argv=None):
     programs = Programs(log)
     nets_abs = networks(args.config, abstract=True)
     result = {"config": args.config, "frames": args.frames, "variants": {}}
-    for v in variants:
+    for v in variants if not args.loop_only else ():
         c = settings(args.config, v, args.set)
         log(f"[cost] variant {v}")
         rows, temps = encode_cost(c, nets_abs, args.frames, programs)
@@ -419,12 +426,14 @@ def main(argv=None):
             log(f"    {stage:>10}  {what:<48} {flops / 1e9:10.3f} GFLOP x {calls:8.3f} = {flops * calls / 1e9:10.2f} GFLOP")
         log(f"  {v}: " + ", ".join(f"{k} {x / 1e12:.3f}" for k, x in tot.items()) + " TFLOP per encoded frame; "
             "temporaries per frame " + ", ".join(f"{s} {a / 2 ** 30:.3f} GiB" for s, (a, _) in temps.items()))
+    if args.loop_only and not args.closed_loop:
+        fail("--loop-only goes with --closed-loop")
     if args.closed_loop:
         log(f"[closed loop] {args.loop_frames} frames a clip, variants {', '.join(variants)}")
         loops = closed_loop(args.config, variants, args.set, args.loop_frames, log, args.keep)
         for clip, by in loops.items():
             for v, r in by.items():
-                result["variants"][v].setdefault("closed_loop", {})[clip] = r
+                result["variants"].setdefault(v, {}).setdefault("closed_loop", {})[clip] = r
     print_table(result, variants)
     if args.json:
         with open(args.json, "w") as f:
@@ -439,16 +448,17 @@ def print_table(result, variants):
     print("|---|---|---|---|---|---|---|---|---|---|")
     vs = result["variants"]
     ref = vs.get("baseline", vs[variants[0]])
+    nan = float("nan")
     for v in variants:
         r = vs[v]
-        g = r["gflop_per_frame"]
+        g = r.get("gflop_per_frame", {"total": nan})
         loop = r.get("closed_loop", {})
         cell = lambda clip: ("" if clip not in loop else f"{loop[clip]['psnr_db']:.2f} dB"
                              + (f" ({loop[clip]['psnr_db'] - ref['closed_loop'][clip]['psnr_db']:+.2f})"
                                 if "closed_loop" in ref and v != "baseline" else ""))
         print(f"| {v} | " + " | ".join(f"{g.get(s, 0) / scale:.3f}" for s in ("invert", "head_pose", "attributes", "evaluate"))
-              + f" | **{g['total'] / scale:.3f}** | {g['total'] / ref['gflop_per_frame']['total']:.2f}x | "
-              f"{r['temp_per_frame_mib'].get('attributes', float('nan')):.1f} MiB | {cell('demo')} | {cell('fast')} |")
+              + f" | **{g['total'] / scale:.3f}** | {g['total'] / ref.get('gflop_per_frame', {'total': nan})['total']:.2f}x | "
+              f"{r.get('temp_per_frame_mib', {}).get('attributes', nan):.1f} MiB | {cell('demo')} | {cell('fast')} |")
 
 
 if __name__ == "__main__":
