@@ -76,6 +76,7 @@ VARIANTS = {
     "refine8+head_pose20+coarse50": {"invert.refine_frames": 8, "head_pose.steps": 20, "attributes.coarse_steps": 50},
     "refine8+head_pose10+stop1e-3": {"invert.refine_frames": 8, "head_pose.steps": 10,
                                      "head_pose.stop_tol": 1e-3, "attributes.stop_tol": 1e-3},
+    "refine8+coarse": {"invert.refine_frames": 8, "head_pose.coarse_steps": 60, "attributes.coarse_steps": 80},
     "default": None,
 }
 CONFIG_FILE = {"tiny": "encode_tiny.py", "small64": "encode.py", "f": "encode.py"}
@@ -121,16 +122,17 @@ def network_configs(name):
     from stylejax.nets.irse import IRSEConfig
     from stylejax.nets.styleflow import StyleFlowConfig
 
-    small_e4e = lambda n: E4EConfig(body=IRSEConfig(stem_width=16, widths=(16, 16, 32, 32),
-                                                    units_per_stage=(1, 1, 2, 1)), n_styles=n)
+    # e4e's style rows are as wide as its last stage: the generator's w_dim
+    small_e4e = lambda g: E4EConfig(body=IRSEConfig(stem_width=16, widths=(16, 16, 32, g.w_dim),
+                                                    units_per_stage=(1, 1, 2, 1)), n_styles=g.num_ws)
     if name == "tiny":
         gcfg = GeneratorConfig(resolution=32, z_dim=32, w_dim=32, mapping_layers=4,
                                channels=((4, 32), (8, 32), (16, 32), (32, 32)))
-        return gcfg, small_e4e(gcfg.num_ws), (32, 32)
+        return gcfg, small_e4e(gcfg), (32, 32)
     if name == "small64":
         with open(os.path.join(REPO, "configs", "stylegan2_small_64.json")) as f:
             gcfg = config_from_dict(GeneratorConfig, json.load(f))
-        return gcfg, small_e4e(gcfg.num_ws), (64, 64)
+        return gcfg, small_e4e(gcfg), (64, 64)
     return config_f(1024), E4EConfig(), StyleFlowConfig().hidden_dims
 
 
