@@ -29,7 +29,8 @@ def get_config():
     c.invert.coarse_steps = 0   # first steps synthesise only up to the loss size (losses.coarse_resolution)
     c.invert.stop_tol = 0.0     # > 0: a frame stops when its loss has not fallen by this fraction ...
     c.invert.stop_patience = 10 # ... for this many steps; a chunk stops when all its frames have
-    c.invert.refine_frames = 0  # refine only the K frames select_id would pick first by e4e's loss; 0 = every frame
+    c.invert.refine_frames = 8  # refine only the K frames select_id would pick first by e4e's loss; 0 = every frame
+                                # (docs/cost.md: saves ~30 TFLOP a frame at config-f)
 
     c.select_id = ml_collections.ConfigDict()
     c.select_id.max_yaw_deg = 10.0    # near-frontal: |landmark yaw| and |pitch| below these
@@ -37,7 +38,7 @@ def get_config():
     c.select_id.frame = -1            # force the identity frame (>= 0)
 
     c.head_pose = ml_collections.ConfigDict()
-    c.head_pose.steps = 60
+    c.head_pose.steps = 10            # attributes refines yaw/pitch jointly afterwards (docs/cost.md: 60 cost 15 TFLOP more a frame)
     c.head_pose.lr = 1.0              # degrees per Adam step (before decay)
     c.head_pose.lpips_weight = 1.0
     c.head_pose.l2_weight = 1.0
