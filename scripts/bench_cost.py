@@ -76,6 +76,7 @@ VARIANTS = {
     "refine8+head_pose20+coarse50": {"invert.refine_frames": 8, "head_pose.steps": 20, "attributes.coarse_steps": 50},
     "refine8+head_pose10+stop1e-3": {"invert.refine_frames": 8, "head_pose.steps": 10,
                                      "head_pose.stop_tol": 1e-3, "attributes.stop_tol": 1e-3},
+    "refine8+head_pose10": {"invert.refine_frames": 8, "head_pose.steps": 10},
     "refine8+coarse": {"invert.refine_frames": 8, "head_pose.coarse_steps": 60, "attributes.coarse_steps": 80},
     "default": None,
 }
