@@ -87,6 +87,13 @@ def run(args):
                           f"PSNR {summary['psnr_db']:.2f} dB, SSIM {summary['ssim']:.4f}, LPIPS {summary['lpips']:.4f}"
                           + (f", identity {summary['identity_similarity']:.3f}" if summary["identity_similarity"]
                              is not None else ""))
+    # the chunk sizes run_chunks chose and why (chunk_size 0: from the step's memory analysis), loops that agree merged
+    chosen = {}
+    for loop, choice in summary.get("chunks", {}).items():
+        chosen.setdefault((choice["frames"], choice["why"]), []).append(loop)
+    if chosen:
+        summary["message"] += "; chunks: " + "; ".join(f"{', '.join(loops)} {frames} frames ({why})"
+                                                        for (frames, why), loops in chosen.items())
     return summary
 
 
