@@ -270,6 +270,7 @@ def choose_chunk(ctx, stage, part, optimiser, nets, make_batch, init, frames):
     if ctx.auto_chunk and recorded and recorded < chunk and recorded % d == 0:
         chunk, why = recorded, f"the size this loop ran with before ({why})"
     budget, where = parallel.memory_budget(ctx.mesh)
+    asked, first_usage = chunk, None
     while budget is not None:
         need = optimiser.compile(*_swap(abstract_chunk(ctx, make_batch, init, chunk), nets))
         if need is None:
@@ -283,10 +284,11 @@ def choose_chunk(ctx, stage, part, optimiser, nets, make_batch, init, frames):
             why = f"one frame per device, although {usage}"
             break
         smaller = max(1, min(chunk // d - 1, int(budget // (need / (chunk // d))))) * d
-        if not ctx.auto_chunk:
-            ctx.log(f"warning: [{name}] a chunk of {chunk} frames does not fit: {usage}; using {smaller}")
+        first_usage = first_usage or usage
         why = f"{chunk} frames do not fit ({usage}); XLA's memory analysis fits {smaller}"
         chunk = smaller
+    if not ctx.auto_chunk and chunk < asked:  # one warning line, however many sizes were tried
+        ctx.log(f"warning: [{name}] a chunk of {asked} frames does not fit: {first_usage}; using {chunk}")
     if budget is None:
         why += f" ({where})"
     ctx.chunk_choices[name] = {"frames": int(chunk), "why": why}
