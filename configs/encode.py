@@ -29,6 +29,11 @@ def get_config():
     c.invert.reg = "e4e"      # keep rows reg_rows near "e4e"'s W+ of the frame, or "w_avg"; "none": free refinement
     c.invert.reg_weight = 0.01  # x mean squared distance (docs/encoder.md: measured trade-off)
     c.invert.reg_rows = (0, 4)  # W+ rows [start, stop) regularised: the rows StyleFlow's pose edit reads
+    c.invert.coarse_steps = 0   # first steps synthesise only up to the loss size (losses.coarse_resolution)
+    c.invert.stop_tol = 0.0     # > 0: a frame stops when its loss has not fallen by this fraction ...
+    c.invert.stop_patience = 10 # ... for this many steps; a chunk stops when all its frames have
+    c.invert.refine_frames = 8  # refine only the K frames select_id would pick first by e4e's loss; 0 = every frame
+                                # (docs/cost.md: saves ~30 TFLOP a frame at config-f)
 
     c.select_id = ml_collections.ConfigDict()
     c.select_id.max_yaw_deg = 10.0    # near-frontal: |landmark yaw| and |pitch| below these
@@ -38,10 +43,13 @@ def get_config():
     c.select_id.neutral_margin = 0.05 # expression scores (mouth opening / eye distance + eye closure) this close
 
     c.head_pose = ml_collections.ConfigDict()
-    c.head_pose.steps = 60
+    c.head_pose.steps = 10            # attributes refines yaw/pitch jointly afterwards (docs/cost.md: 60 cost 15 TFLOP more a frame)
     c.head_pose.lr = 1.0              # degrees per Adam step (before decay)
     c.head_pose.lpips_weight = 1.0
     c.head_pose.l2_weight = 1.0
+    c.head_pose.coarse_steps = 0   # first steps synthesise only up to the loss size (losses.coarse_resolution)
+    c.head_pose.stop_tol = 0.0     # > 0: a frame stops when its loss has not fallen by this fraction ...
+    c.head_pose.stop_patience = 10 # ... for this many steps; a chunk stops when all its frames have
     c.head_pose.rk4_steps = 8         # StyleFlow RK4 steps (docs/networks.md: error vs N)
     c.head_pose.condition = "map"     # identity frame's StyleFlow condition: "map" (max. posterior), "mean", "zeros"
     c.head_pose.condition_data = "default"  # StyleFlow's condition statistics (configs/styleflow_condition.json)
@@ -57,6 +65,9 @@ def get_config():
     c.attributes.lr = 0.1          # offsets in channel std units: Adam moves ~lr a step, a budget of ~5.5 std over 100 steps
     c.attributes.refine_pose = True    # refine yaw/pitch jointly with the offsets (from the head_pose values)
     c.attributes.pose_lr = 0.2         # degrees per Adam step for that refinement
+    c.attributes.coarse_steps = 0   # first steps synthesise only up to the loss size (losses.coarse_resolution)
+    c.attributes.stop_tol = 0.0     # > 0: a frame stops when its loss has not fallen by this fraction ...
+    c.attributes.stop_patience = 10 # ... for this many steps; a chunk stops when all its frames have
     c.attributes.channels = "default"  # "default" (configs/channels_ffhq1024.json at 1024), "auto", or a JSON file
     c.attributes.num_channels = 32
     c.attributes.lpips_weight = 1.0

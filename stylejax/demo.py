@@ -41,26 +41,37 @@ NUM_CHANNELS = 32
 
 def tiny_networks(seed=0):
     """(Generator, E4E, StyleFlow) small random networks that fit together (32 px, w_dim 32, 8 W+ rows)."""
+    from stylejax.nets.e4e import E4EConfig
+    from stylejax.nets.generator import GeneratorConfig
+    from stylejax.nets.irse import IRSEConfig
+
+    gcfg = GeneratorConfig(resolution=32, z_dim=32, w_dim=32, mapping_layers=4,
+                           channels=((4, 32), (8, 32), (16, 32), (32, 32)))
+    ecfg = E4EConfig(body=IRSEConfig(stem_width=16, widths=(16, 16, 32, 32), units_per_stage=(1, 1, 2, 1)),
+                     n_styles=gcfg.num_ws)
+    return random_networks(gcfg, ecfg, (32, 32), seed)
+
+
+def random_networks(gcfg, ecfg, flow_hidden, seed=0):
+    """(Generator, E4E, StyleFlow) random networks of these configs, adjusted where a trained network's property
+    matters for the closed loop: ToRGB scaled so images stay in [-1, 1], e4e starting at the generator's mean
+    latent with small per-row deltas, StyleFlow's condition weights scaled so a 10° edit changes the image
+    moderately."""
     import jax
     import jax.numpy as jnp
 
-    from stylejax.nets.e4e import E4E, E4EConfig
-    from stylejax.nets.generator import Generator, GeneratorConfig
-    from stylejax.nets.irse import IRSEConfig
+    from stylejax.nets.e4e import E4E
+    from stylejax.nets.generator import Generator
     from stylejax.nets.styleflow import StyleFlow, StyleFlowConfig
 
     key = jax.random.PRNGKey(seed)
     k_g, k_e, k_f = jax.random.split(key, 3)
-    gcfg = GeneratorConfig(resolution=32, z_dim=32, w_dim=32, mapping_layers=4,
-                           channels=((4, 32), (8, 32), (16, 32), (32, 32)))
     g = Generator.random(gcfg, k_g)
     # random ToRGB weights give images far outside [-1, 1]; scale them so frames survive uint8 storage unclipped
     synthesis = {name: ({**block, "torgb": {**block["torgb"], "weight": block["torgb"]["weight"] * 0.2,
                                             "bias": block["torgb"]["bias"] * 0.2}} if isinstance(block, dict) and "torgb" in block else block)
                  for name, block in g.params["synthesis"].items()}
     g = Generator(gcfg, {**g.params, "synthesis": synthesis}, g.buffers)
-    ecfg = E4EConfig(body=IRSEConfig(stem_width=16, widths=(16, 16, 32, 32), units_per_stage=(1, 1, 2, 1)),
-                     n_styles=gcfg.num_ws)
     e4e = E4E.random(ecfg, k_e)
     params = dict(e4e.params)
     for i in range(ecfg.n_styles):  # small per-row deltas around latent_avg, as a trained e4e starts out
@@ -69,7 +80,7 @@ def tiny_networks(seed=0):
         params[f"style_{i}"] = {**params[f"style_{i}"], "linear": lin}
     params["latent_avg"] = jnp.broadcast_to(g.buffers["mapping"]["w_avg"], (ecfg.n_styles, gcfg.w_dim))
     e4e = E4E(ecfg, params)
-    flow = StyleFlow.random(StyleFlowConfig(dim=gcfg.w_dim, hidden_dims=(32, 32)), k_f)
+    flow = StyleFlow.random(StyleFlowConfig(dim=gcfg.w_dim, hidden_dims=tuple(flow_hidden)), k_f)
     # the condition enters in degrees: scale its random weights so a 10° edit changes the image moderately
     odenet = {name: {**layer, "hyper_gate": {k: v * (0.05 if k == "kernel" else 1.0) for k, v in layer["hyper_gate"].items()},
                      "hyper_bias": {k: v * 0.05 for k, v in layer["hyper_bias"].items()}}

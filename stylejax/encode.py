@@ -97,6 +97,13 @@ def run(args):
                              is not None else "") + tuned
                           + f"; identity frame {summary['id_frame']}: {summary['id_frame_reason']}"
                           + (f"; report {summary['report']}" if summary.get("report") else ""))
+    # the chunk sizes run_chunks chose and why (chunk_size 0: from the step's memory analysis), loops that agree merged
+    chosen = {}
+    for loop, choice in summary.get("chunks", {}).items():
+        chosen.setdefault((choice["frames"], choice["why"]), []).append(loop)
+    if chosen:
+        summary["message"] += "; chunks: " + "; ".join(f"{', '.join(loops)} {frames} frames ({why})"
+                                                        for (frames, why), loops in chosen.items())
     return summary
 
 

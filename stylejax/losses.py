@@ -10,6 +10,13 @@ def resize(images, size):
     return jax.image.resize(images, (images.shape[0], size, size, images.shape[-1]), "linear", antialias=True)
 
 
+def coarse_resolution(gconfig, loss_size):
+    """The generator resolution the coarse steps synthesise to: the smallest one >= the loss size (the finer
+    blocks only add detail the loss's downsampling mostly removes); None when that is the full resolution."""
+    res = min(r for r in gconfig.resolutions if r >= min(int(loss_size), gconfig.resolution))
+    return None if res == gconfig.resolution else res
+
+
 def reconstruction(pred, target, lpips, lpips_weight=1.0, l2_weight=1.0, weights=None, dtype=None):
     """Per-frame loss [B] between images in [-1, 1] of equal size: l2_weight · mean(w · (pred - target)²)
     + lpips_weight · LPIPS(pred, target). `weights` [B,H,W] (mean ≈ 1) emphasises regions in the L2 term."""

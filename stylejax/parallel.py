@@ -48,6 +48,48 @@ def default_chunk_size(num_devices=None, backend=None):
     return per_device * num_devices
 
 
+MEMORY_FRACTION = 0.8  # of a device's free memory (of the host's available memory on CPU) a chunk may use
+
+
+def memory_budget(mesh):
+    """(bytes one device of `mesh` may give a compiled step, description), or (None, why) where the backend
+    reports no memory. Accelerators: free = bytes_limit - bytes_in_use of the first device (the networks are
+    already there); CPU: the host's MemAvailable shared by the CPU devices. Either times MEMORY_FRACTION."""
+    dev = mesh.devices.flat[0]
+    if dev.platform == "cpu":
+        avail = _host_available_bytes()
+        if avail is None:
+            return None, "the host reports no available memory"
+        n = mesh.devices.size
+        return int(MEMORY_FRACTION * avail / n), (f"{MEMORY_FRACTION:.0%} of the host's {avail / 2 ** 30:.1f} GiB "
+                                                 f"available" + (f" / {n} CPU devices" if n > 1 else ""))
+    stats = dev.memory_stats() or {}
+    if "bytes_limit" not in stats:
+        return None, f"{dev.device_kind} reports no memory limit"
+    free = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    return int(MEMORY_FRACTION * free), f"{MEMORY_FRACTION:.0%} of {free / 2 ** 30:.1f} GiB free on {dev.device_kind}"
+
+
+def _host_available_bytes():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def is_out_of_memory(error):
+    """Whether an exception from a jitted call is XLA running out of device memory."""
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+
+
 def default_microbatch(backend=None):
     """Frames evaluated together inside a step; 0 = the whole chunk at once, on every backend. On CPU a
     step mapped over groups (`lax.map`) measured slower than both the whole chunk and the per-frame loop:

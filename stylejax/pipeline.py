@@ -102,21 +102,23 @@ def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] 
         report_settings = {"encoding": out_real if out is not None else None, "workdir": workdir.path,
                            "config": config.to_dict(), "networks": nets.paths}
         _, summary = render.quality_report(enc, nets, workdir.frames(), workdir.file("report", ""), ctx.loss_size,
-                                           ctx.chunk, faces, extra, report_settings, generator=tuned)
+                                           ctx.render_chunk, faces, extra, report_settings, generator=tuned)
         summary["report"] = workdir.file("report", "report.html")
     else:
-        _, summary, _ = render.evaluate(enc, nets, workdir.frames(), ctx.loss_size, chunk=ctx.chunk, faces=faces,
+        _, summary, _ = render.evaluate(enc, nets, workdir.frames(), ctx.loss_size, chunk=ctx.render_chunk,
+                                        faces=faces,
                                         generator=tuned)
         summary.update(extra)
     if delta is not None:  # what fine-tuning gained: the same encoding through the base generator
-        _, base, _ = render.evaluate(enc, nets, workdir.frames(), ctx.loss_size, chunk=ctx.chunk, faces=False)
+        _, base, _ = render.evaluate(enc, nets, workdir.frames(), ctx.loss_size, chunk=ctx.render_chunk, faces=False)
         summary.update(psnr_db_base=base["psnr_db"], lpips_base=base["lpips"])
     times["evaluate"] = time.perf_counter() - t0
     ident = atomic.read_json(workdir.file("select_id", "id.json"))
     summary.update(stage_seconds={k: round(v, 3) for k, v in times.items()}, frames=enc.num_frames,
                    id_frame=int(ident["frame"]),
                    id_frame_reason=ident["reason"], id_frame_expression=ident.get("expression"),
-                   chunk_size=ctx.chunk, devices=int(ctx.mesh.devices.size))
+                   chunk_size=ctx.chunk, chunks=ctx.chunk_choices, steps_run=ctx.steps_run,
+                   devices=int(ctx.mesh.devices.size))
     calibration = workdir.file("head_pose", "pose_calibration.json")
     if os.path.isfile(calibration):
         summary["pose_calibration"] = atomic.read_json(calibration)

@@ -78,19 +78,40 @@ class Workdir:
 
     # -- chunk bookkeeping
     def begin(self, stage, signature, chunk):
-        """Starts or resumes a chunked stage: keeps finished chunks only if signature and chunk size match."""
+        """Starts or resumes a chunked stage: keeps finished chunks only if signature and chunk size match (the
+        chunk size the stage was started with; the chunk loops record the sizes they run, `use_chunk`)."""
         p = self.file(stage, "progress.json")
         state = atomic.read_json(p, "stage progress") if os.path.isfile(p) else None
-        if state != {"signature": signature, "chunk": chunk}:
+        if not isinstance(state, dict) or state.get("signature") != signature or state.get("chunk") != chunk:
             self.reset(stage)
             self.dir(stage)
             atomic.write_json(p, {"signature": signature, "chunk": chunk})
 
-    def chunk_done(self, stage, lo):
-        return os.path.isfile(self.file(stage, f"chunk-{lo:07d}.done"))
+    def recorded_chunk(self, stage, part=""):
+        """The chunk size a chunk loop (`part` of the stage) last ran with, or None."""
+        p = self.file(stage, "progress.json")
+        state = atomic.read_json(p, "stage progress") if os.path.isfile(p) else {}
+        return (state.get("loops") or {}).get(part)
 
-    def mark_chunk(self, stage, lo):
-        atomic.write_bytes(self.file(stage, f"chunk-{lo:07d}.done"), b"")
+    def use_chunk(self, stage, chunk, part=""):
+        """Records the chunk size of a chunk loop; a size other than the recorded one drops the loop's chunk
+        markers (its chunks are computed again at the new size)."""
+        p = self.file(stage, "progress.json")
+        state = atomic.read_json(p, "stage progress") if os.path.isfile(p) else {}
+        loops = dict(state.get("loops") or {})
+        if loops.get(part) == chunk:
+            return
+        for name in os.listdir(self.dir(stage)):
+            if name.startswith(f"{part}chunk-") and name.endswith(".done"):
+                os.remove(self.file(stage, name))
+        loops[part] = chunk
+        atomic.write_json(p, {**state, "loops": loops})
+
+    def chunk_done(self, stage, lo, part=""):
+        return os.path.isfile(self.file(stage, f"{part}chunk-{lo:07d}.done"))
+
+    def mark_chunk(self, stage, lo, part=""):
+        atomic.write_bytes(self.file(stage, f"{part}chunk-{lo:07d}.done"), b"")
 
     def array(self, stage, name, shape, dtype=np.float32):
         """A memory-mapped .npy in the stage folder (created zero-filled, reopened on resume)."""

@@ -123,6 +123,10 @@ def test_encode_end_to_end(encoded):
     # a random 32 px generator and a real face: a finite PSNR far from a reconstruction (measured 13.6 dB)
     assert math.isfinite(summary["psnr_db"]) and 5.0 < summary["psnr_db"] < 30.0
     assert summary["message"].startswith(f"encoded {FRAMES} frames into ")
+    # the chunk size and why, per loop (here the user's --config.chunk_size for every loop)
+    attributes = summary["chunks"]["attributes"]
+    assert attributes["frames"] == FRAMES and attributes["why"].startswith(f"--config.chunk_size {FRAMES}")
+    assert f"attributes {FRAMES} frames (--config.chunk_size {FRAMES}" in summary["message"]
     enc = load_encoding(encoded["out"])
     assert (enc.num_frames, enc.resolution, enc.fps, enc.frame_size) == (FRAMES, 32, 30.0, (1280, 720))
     assert enc.quad.shape == (FRAMES, 4, 2)

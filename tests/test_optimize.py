@@ -128,3 +128,92 @@ def test_per_frame_losses_grouped_equals_whole(problem):
     whole = optimize.per_frame_losses(conv_loss, params, nets, batch, 0)
     grouped = optimize.per_frame_losses(conv_loss, params, nets, batch, 2)
     np.testing.assert_allclose(np.asarray(grouped), np.asarray(whole), rtol=ROUNDING)  # one sum, other shapes
+
+
+# ------------------------------------------------------------------------------------------------ coarse steps
+
+def coarse_loss(params, nets, batch):
+    """A cheaper stand-in for `conv_loss`: its first conv only."""
+    x = jnp.tanh(params["code"])[:, None, None, :] * batch["grid"]
+    x = jnp.tanh(jax.lax.conv_general_dilated(x, nets["kernels"][0], (1, 1), "SAME",
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    return jnp.mean((x[..., :3] - batch["target"]) ** 2, axis=(1, 2, 3)) + 0.1 * jnp.sum(params["scale"] ** 2, -1)
+
+
+def test_coarse_steps_then_the_loss_share_one_adam_state(problem):
+    """Optimiser(coarse_steps=2) of 5 steps = 2 steps of the coarse loss then 3 of the loss, one Adam state and
+    schedule through both (built here from make_step by hand); its final loss is the loss's."""
+    nets, params, batch = problem
+    lr = {"code": 0.05, "scale": 0.1}
+    opt = optimize.Optimiser(conv_loss, lr, 5, coarse_loss_fn=coarse_loss, coarse_steps=2)
+    got, loss = opt.run(params, nets, batch)
+    adam = optimize.adam(lr, 5)
+    steps = [jax.jit(optimize.make_step(f, adam)) for f in (coarse_loss, coarse_loss, conv_loss, conv_loss, conv_loss)]
+    p, state = params, adam.init(params)
+    for step in steps:
+        p, state, _ = step(p, state, nets, batch)
+    for k in got:  # the same step programs on the same shapes: equal up to rounding, far inside 1e-6
+        np.testing.assert_allclose(got[k], np.asarray(p[k]), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(loss, np.asarray(conv_loss(p, nets, batch)), rtol=1e-6)
+    # and the coarse steps mattered: all five steps on the loss end elsewhere
+    fine, _ = optimize.Optimiser(conv_loss, lr, 5).run(params, nets, batch)
+    assert np.abs(fine["code"] - got["code"]).max() > 1e-4
+    assert opt.stats == {"chunks": 1, "steps": 5, "coarse_steps": 2, "frame_steps": 5 * T}
+
+
+# ------------------------------------------------------------------------------------------------ early stopping
+
+def quadratic(params, nets, batch):
+    """Frame t: |x_t - target_t|² (its minimum, 0, is reached at a rate set by the frame's distance)."""
+    return jnp.sum((params["x"] - batch["target"]) ** 2, axis=-1)
+
+
+def stopping_problem():
+    rng = np.random.RandomState(1)
+    t = 6
+    target = rng.randn(t, 3).astype(np.float32)
+    start = target.copy()
+    start[:3] += np.array([[0.01], [0.5], [3.0]], np.float32)  # three frames near, mid, far; the rest at the answer
+    mask = np.ones(t, np.float32)
+    mask[-1] = 0.0
+    return {"x": start}, {"target": target, "mask": mask}
+
+
+def test_early_stopping_freezes_converged_frames_and_stops_the_chunk():
+    params, batch = stopping_problem()
+    steps, patience = 200, 5
+    opt = optimize.Optimiser(quadratic, 0.1, steps, tol=1e-2, patience=patience)
+    got, loss = opt.run(params, {}, batch)
+    # the chunk stopped once every real frame had stalled, at a check (every CHECK_EVERY steps)
+    assert opt.stats["steps"] < steps and opt.stats["steps"] % optimize.CHECK_EVERY == 0
+    # each frame as if alone: its own stopping rule (the stall counter of with_early_stopping, by hand)
+    adam = optimize.adam(0.1, steps)
+    step = jax.jit(optimize.make_step(quadratic, adam))
+    for t in range(5):
+        p = {"x": params["x"][t:t + 1]}
+        b = {"target": batch["target"][t:t + 1], "mask": np.ones(1, np.float32)}
+        state, best, stall = adam.init(p), np.inf, 0
+        for _ in range(opt.stats["steps"]):
+            if stall >= patience:
+                break
+            p, state, per = step(p, state, {}, b)
+            improved = float(per[0]) < best * (1 - 1e-2)
+            best, stall = (float(per[0]), 0) if improved else (best, stall + 1)
+        # per frame a 3-term sum, and the masked total's gradient is exactly each frame's own: batched and
+        # alone differ at most by the rounding of those sums (r = 3 * 2**-24 relative), which Adam turns into at
+        # most 2 * r * lr a step (as adam_tol above)
+        np.testing.assert_allclose(got["x"][t], np.asarray(p["x"][0]), rtol=0,
+                                   atol=2 * 3 * 2.0 ** -24 * 0.1 * opt.stats["steps"] + 1e-7)
+    # the far frame was still moving when the near ones stopped
+    assert np.abs(got["x"][2] - batch["target"][2]).max() < 0.5
+    np.testing.assert_array_equal(got["x"][5], params["x"][5])  # the padded frame never moves
+
+
+def test_without_tolerance_every_step_runs():
+    params, batch = stopping_problem()
+    opt = optimize.Optimiser(quadratic, 0.1, 30)
+    got, _ = opt.run(params, {}, batch)
+    assert opt.stats["steps"] == 30
+    stopped = optimize.Optimiser(quadratic, 0.1, 30, tol=1e-2, patience=10 ** 6)  # never stalls long enough
+    same, _ = stopped.run(params, {}, batch)
+    np.testing.assert_array_equal(same["x"], got["x"])

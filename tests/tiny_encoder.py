@@ -43,6 +43,10 @@ def few_steps_config(chunk):
     c.chunk_size = int(chunk)
     c.microbatch = 0
     c.invert.steps = 8
+    # every frame refined (the tiny config refines 8 candidates): the chunk, device and resume comparisons then
+    # cover the refinement of every frame; the refined subset: tests/stages/test_defaults.py, loops over some
+    # frames and their resume: tests/stages/test_chunks.py
+    c.invert.refine_frames = 0
     c.head_pose.steps = 4
     c.invert.reg = "e4e"
     c.head_pose.condition = "map"

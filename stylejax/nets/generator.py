@@ -265,7 +265,7 @@ class SynthesisNetwork(nn.Module):
         rows = [ws[:, row] for _, row, _, _ in self.config.style_layers()]
         return [s for block, r in zip(self.blocks, self._split(rows)) for s in block.styles(r)]
 
-    def __call__(self, styles, noise_mode="const", noise_rng=None, dtype=jnp.float32):
+    def __call__(self, styles, noise_mode="const", noise_rng=None, dtype=jnp.float32, max_resolution=None):
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         if noise_mode == "random" and noise_rng is None:
@@ -277,6 +277,8 @@ class SynthesisNetwork(nn.Module):
         x = jnp.broadcast_to(self.const.astype(dtype), (batch,) + self.const.shape)
         img = None
         for block, s, r in zip(self.blocks, self._split(list(styles)), self._split(rngs)):
+            if max_resolution is not None and block.res > max_resolution:
+                break  # the skip architecture's image so far: the output without the finer blocks' detail
             x, img = block(x, img, s, noise_mode, r, dtype)
         return img
 
@@ -298,8 +300,8 @@ class StyleGAN2(nn.Module):
     def styles(self, ws):
         return self.synthesis.styles(ws)
 
-    def render(self, styles, noise_mode="const", noise_rng=None, dtype=jnp.float32):
-        return self.synthesis(styles, noise_mode, noise_rng, dtype)
+    def render(self, styles, noise_mode="const", noise_rng=None, dtype=jnp.float32, max_resolution=None):
+        return self.synthesis(styles, noise_mode, noise_rng, dtype, max_resolution)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,18 +349,23 @@ class Generator(Network):
         self._check_ws(ws)
         return self._apply(jnp.asarray(ws, jnp.float32), method=StyleGAN2.styles)
 
-    def synthesize_from_styles(self, styles, noise_mode="const", rng=None, dtype=jnp.float32):
-        """StyleSpace -> images [B, H, W, 3] float32, about [-1, 1]."""
+    def synthesize_from_styles(self, styles, noise_mode="const", rng=None, dtype=jnp.float32, max_resolution=None):
+        """StyleSpace -> images [B, H, W, 3] float32, about [-1, 1]. `max_resolution` r: stop after the block
+        of resolution r and return the skip architecture's image there ([B, r, r, 3]: what the finer blocks
+        refine, at a fraction of the cost; the coarse steps of the encoder's optimisations)."""
         expected = [c for _, _, c, _ in self.config.style_layers()]
         got = [s.shape[-1] for s in styles]
         if got != expected:
             raise ValueError(f"styles have channels {got}, expected {expected}")
-        img = self._apply(list(styles), noise_mode, rng, jnp.dtype(dtype), method=StyleGAN2.render)
+        if max_resolution is not None and max_resolution not in self.config.resolutions:
+            raise ValueError(f"max_resolution must be one of {self.config.resolutions}, got {max_resolution}")
+        img = self._apply(list(styles), noise_mode, rng, jnp.dtype(dtype), max_resolution, method=StyleGAN2.render)
         return img.astype(jnp.float32)
 
-    def synthesize(self, ws, noise_mode="const", rng=None, dtype=jnp.float32):
-        """W+ latents [B, num_ws, w_dim] -> images [B, H, W, 3] float32, about [-1, 1]."""
-        return self.synthesize_from_styles(self.styles_from_ws(ws), noise_mode, rng, dtype)
+    def synthesize(self, ws, noise_mode="const", rng=None, dtype=jnp.float32, max_resolution=None):
+        """W+ latents [B, num_ws, w_dim] -> images [B, H, W, 3] float32, about [-1, 1] (`max_resolution`: as
+        in `synthesize_from_styles`)."""
+        return self.synthesize_from_styles(self.styles_from_ws(ws), noise_mode, rng, dtype, max_resolution)
 
     def _check_ws(self, ws):
         shape = (self.config.num_ws, self.config.w_dim)

@@ -27,8 +27,7 @@ from stylejax.decoder import apply_offsets, pose_latents
 from stylejax.errors import PipelineError
 from stylejax.io import atomic
 from stylejax.nets.stylespace import channel_to_flat_index, flat_index_to_channel, flatten_styles
-from stylejax.optimize import Optimiser
-from stylejax.stages.base import run_chunks, signature
+from stylejax.stages.base import make_optimiser, run_chunks, signature
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CHANNELS = os.path.join(REPO, "configs", "channels_ffhq1024.json")
@@ -56,7 +55,9 @@ def channel_std(g, flat_index, samples, seed=0, batch=1000):
     return np.sqrt(var).astype(np.float32)
 
 
-def loss_fn(config, loss_size, dtype, flat_index, use_weights, use_id, rk4_steps):
+def loss_fn(config, loss_size, dtype, flat_index, use_weights, use_id, rk4_steps, coarse=False):
+    """Per-frame loss of the offsets [T, K] (and yaw/pitch [T] with the joint refinement); `coarse`: the generator
+    synthesises only up to the loss size."""
     def loss(params, nets, batch):
         g = nets["generator"]
         if "yaw" in params:  # joint refinement of the pose with the offsets
@@ -65,7 +66,8 @@ def loss_fn(config, loss_size, dtype, flat_index, use_weights, use_id, rk4_steps
         else:
             ws = batch["ws"]
         styles = apply_offsets(g, ws, params["offsets"], flat_index, nets["offset_scale"])
-        img = losses.resize(g.synthesize_from_styles(styles, "const", dtype=dtype), loss_size)
+        top = losses.coarse_resolution(g.config, loss_size) if coarse else None
+        img = losses.resize(g.synthesize_from_styles(styles, "const", dtype=dtype, max_resolution=top), loss_size)
         out = losses.reconstruction(img, batch["target"], nets["lpips"], config.lpips_weight, config.l2_weight,
                                     batch["weights"] if use_weights else None)
         if use_id:
@@ -212,9 +214,9 @@ def run(ctx):
                     cond_src=jnp.asarray(np.load(wd.file("head_pose", "cond_src.npy"))))
     lr = {"offsets": cfg.lr, "yaw": cfg.pose_lr, "pitch": cfg.pose_lr} if refine else cfg.lr
     coupled = bool(cfg.temporal_weight or cfg.temporal_pose_weight)
-    opt = Optimiser(loss_fn(cfg, ctx.loss_size, dtype, flat_index, use_weights, use_id,
-                            int(ctx.config.head_pose.rk4_steps)), lr, cfg.steps, ctx.microbatch,
-                    coupling=temporal_prior(cfg.temporal_weight, cfg.temporal_pose_weight) if coupled else None)
+    opt = make_optimiser(ctx, cfg, lambda coarse: loss_fn(cfg, ctx.loss_size, dtype, flat_index, use_weights, use_id,
+                                                          int(ctx.config.head_pose.rk4_steps), coarse), lr,
+                         coupling=temporal_prior(cfg.temporal_weight, cfg.temporal_pose_weight) if coupled else None)
     resize = jax.jit(losses.resize, static_argnums=1)
 
     def make_batch(lo, hi):

@@ -43,19 +43,21 @@ from stylejax.decoder import COND_DIM, pose_latents
 from stylejax.errors import PipelineError
 from stylejax.io import atomic
 from stylejax.nets.styleflow import PITCH_INDEX, YAW_INDEX
-from stylejax.optimize import Optimiser
 from stylejax.stages import pose_calibration
-from stylejax.stages.base import run_chunks, signature
+from stylejax.stages.base import make_optimiser, run_chunks, signature
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONDITION_DATA = os.path.join(REPO, "configs", "styleflow_condition.json")
 
 
-def loss_fn(config, loss_size, dtype):
+def loss_fn(config, loss_size, dtype, coarse=False):
+    """Per-frame loss of yaw/pitch [T] (`coarse`: the generator synthesises only up to the loss size)."""
     def loss(params, nets, batch):
         ws = pose_latents(nets["styleflow"], nets["id_latent"], nets["cond_src"], params["yaw"], params["pitch"],
                           int(config.rk4_steps))
-        img = nets["generator"].synthesize(ws, "const", dtype=dtype)
+        g = nets["generator"]
+        img = g.synthesize(ws, "const", dtype=dtype,
+                           max_resolution=losses.coarse_resolution(g.config, loss_size) if coarse else None)
         return losses.reconstruction(losses.resize(img, loss_size), batch["target"], nets["lpips"],
                                      config.lpips_weight, config.l2_weight)
     return loss
@@ -247,7 +249,7 @@ def run(ctx):
         return {"pose.npy": np.stack([params["yaw"], params["pitch"], np.asarray(batch["roll"])], axis=1),
                 "ws_pose.npy": latents(flow, nets["id_latent"], nets["cond_src"], yaw, pitch)}
 
-    opt = Optimiser(loss_fn(cfg, ctx.loss_size, dtype), cfg.lr, cfg.steps, ctx.microbatch)
+    opt = make_optimiser(ctx, cfg, lambda coarse: loss_fn(cfg, ctx.loss_size, dtype, coarse), cfg.lr)
     out = run_chunks(ctx, "head_pose", opt, nets, make_batch, start, finish,
                      outputs={"pose.npy": ((3,), np.float32), "ws_pose.npy": ((g.config.num_ws, g.config.w_dim), np.float32)})
     pose, mean_loss = out["pose.npy"], float(np.mean(out["loss.npy"]))

@@ -16,6 +16,8 @@ opening, eye closure and score), candidates, neutral_candidates}, `select_id/id_
 `select_id/landmark_pose.npy` [T, 3] (yaw, pitch, roll in degrees; NaN where unknown),
 `select_id/expression.npy` [T, 2] (mouth opening, eye closure; NaN where unknown).
 """
+import os
+
 import numpy as np
 
 from stylejax.io import atomic
@@ -96,6 +98,20 @@ def choose(loss, pose, max_yaw_deg, max_pitch_deg, forced=-1, expression=None, n
     return int(candidates[np.argmin(np.asarray(loss)[candidates])]), reason, details
 
 
+def chooser(ctx):
+    """(landmark pose [T, 3], expression [T, 2], choose: per-frame losses [T] -> (frame, reason, details)): the
+    identity frame this stage picks for given losses (invert asks it which frames are worth refining)."""
+    cfg = ctx.config.select_id
+    tf = ctx.workdir.transforms()
+    t = ctx.num_frames
+    pose = landmark_pose(tf, t)
+    lm = tf.get("landmarks")
+    expression = expression_scores(lm) if lm is not None and len(lm) == t else np.full((t, 2), np.nan, np.float32)
+    margin = float(cfg.neutral_margin) if cfg.prefer_neutral else None
+    return pose, expression, lambda loss: choose(loss, pose, float(cfg.max_yaw_deg), float(cfg.max_pitch_deg),
+                                                 int(cfg.frame), expression, margin)
+
+
 def run(ctx):
     cfg, wd = ctx.config.select_id, ctx.workdir
     sig = signature(ctx, "select_id")
@@ -104,13 +120,11 @@ def run(ctx):
     wd.reset("select_id")
     wd.dir("select_id")
     loss = np.asarray(wd.load("invert", "loss.npy"))
-    tf = wd.transforms()
-    pose = landmark_pose(tf, len(loss))
-    lm = tf.get("landmarks")
-    expression = expression_scores(lm) if lm is not None and len(lm) == len(loss) else \
-        np.full((len(loss), 2), np.nan, np.float32)
-    frame, reason, details = choose(loss, pose, float(cfg.max_yaw_deg), float(cfg.max_pitch_deg), int(cfg.frame),
-                                    expression, float(cfg.neutral_margin) if cfg.prefer_neutral else None)
+    refined = wd.file("invert", "refined.npy")
+    if os.path.isfile(refined) and np.load(refined).any():  # invert refined only the frames that can win
+        loss = np.where(np.load(refined), loss, np.inf)
+    pose, expression, pick = chooser(ctx)
+    frame, reason, details = pick(loss)
     np.save(wd.file("select_id", "landmark_pose.npy"), pose)
     np.save(wd.file("select_id", "expression.npy"), expression)
     np.save(wd.file("select_id", "id_latent.npy"), np.asarray(wd.load("invert", "ws.npy")[frame], np.float32))

@@ -149,3 +149,27 @@ def test_config_validation():
         GeneratorConfig(resolution=48, channels=((4, 8),))
     with pytest.raises(ValueError, match="no entry"):
         GeneratorConfig(resolution=16, channels=((4, 8), (8, 8)))
+
+
+@pytest.mark.parametrize("res", [8, 16])
+def test_max_resolution_is_the_generator_cut_after_that_block(gen, golden, res):
+    """synthesize(max_resolution=r) is the image of the generator whose last block is r, with the same weights
+    (a generator built from the blocks up to r: the skip architecture's image at r); the W+ rows of the finer
+    blocks change nothing."""
+    import dataclasses
+
+    keep = lambda tree: {k: v for k, v in tree.items() if not k.startswith("b") or int(k[1:]) <= res}
+    cfg = dataclasses.replace(gen.config, resolution=res,
+                              channels=tuple((r, c) for r, c in gen.config.channels if r <= res))
+    cut = Generator(cfg, {**gen.params, "synthesis": keep(gen.params["synthesis"])},
+                    {**gen.buffers, "synthesis": keep(gen.buffers["synthesis"])})
+    ws = np.asarray(golden["ws_plus"])
+    coarse = gen.synthesize(ws, max_resolution=res)
+    assert coarse.shape == (ws.shape[0], res, res, 3)
+    assert _maxabs(coarse, cut.synthesize(ws[:, :cfg.num_ws])) < 1e-6
+    other = ws.copy()
+    other[:, cfg.num_ws:] += 1.0
+    assert _maxabs(gen.synthesize(other, max_resolution=res), coarse) == 0.0
+    assert _maxabs(gen.synthesize(ws, max_resolution=32), gen.synthesize(ws)) == 0.0
+    with pytest.raises(ValueError, match="max_resolution must be one of"):
+        gen.synthesize(ws, max_resolution=12)
