@@ -75,8 +75,10 @@ def test_w_plus_inversion_refines_every_row(encoded):
     assert np.ptp(ws[refined], axis=1).max(axis=-1).min() > 1e-3
     target = jnp.asarray(encoded["frames"], jnp.float32) / 127.5 - 1.0
     start = {"ws": invert.encode_e4e(nets.e4e, target)}
+    # the stage's loss at e4e's start: the W+ regulariser (on by default) is 0 there, its anchor being e4e's W+
+    assert config.invert.reg == "e4e" and config.invert.reg_weight > 0
     e4e_loss = np.asarray(invert.loss_fn(config.invert, 32, jnp.float32)(
-        start, {"generator": nets.generator, "lpips": nets.lpips}, {"target": target}))
+        start, {"generator": nets.generator, "lpips": nets.lpips}, {"target": target, "anchor": start["ws"]}))
     loss = np.asarray(wd.load("invert", "loss.npy"))
     assert config.invert.refine_frames > 0 and refined[encoded["summary"]["id_frame"]], refined
     assert (loss[refined] < e4e_loss[refined]).all(), (loss, e4e_loss, refined)
