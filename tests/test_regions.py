@@ -30,10 +30,7 @@ def test_quad_corners_and_centre():
 
 def test_matches_align_sampling():
     """A blob at a sub-pixel frame point lands, in align's rendered crop, where landmarks_to_crop puts it."""
-    try:
-        from stylejax.align import render_crop
-    except ImportError:
-        pytest.skip("stylejax.align.render_crop moved")
+    from stylejax.align.warp import render_crop
     h, w, size = 300, 400, 128
     p = np.array([211.3, 143.8])
     yy, xx = np.mgrid[0:h, 0:w]
