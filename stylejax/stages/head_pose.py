@@ -152,6 +152,17 @@ def source_condition(flow, id_latent, yaw_deg, pitch_deg, method, data, steps=10
     return cond.astype(np.float32), info
 
 
+def slow_condition_warning(method, probes, w_dim, backend):
+    """The warning line for a source-condition search that will be slow: the exact log-determinant (`probes`
+    <= 0) costs w_dim JVPs an ODE evaluation, about 70 s a step at StyleFlow's size (w_dim 512) on a 2-core CPU
+    against 1.2 s with 16 probes (scripts/bench_styleflow_likelihood.py); None when it is not."""
+    if method != "map" or probes > 0 or w_dim < 256 or backend != "cpu":
+        return None
+    return (f"warning: [head_pose] the source-condition search uses the exact log-determinant ({w_dim} JVPs an "
+            f"ODE evaluation), slow on CPU; --config.head_pose.condition_probes=16 estimates it about 60x faster "
+            f"(docs/benchmarks.md)")
+
+
 def identity_renderer(g, flow, id_latent, cond_src, rk4_steps):
     """render(yaw [N], pitch [N]) -> uint8 images of the identity through the pose edit (pose_calibration). No
     edit at all is the identity latent itself (the edit is round-trip exact): drawn without compiling the flow."""
@@ -189,6 +200,9 @@ def run(ctx):
     conditions = {}
 
     k = int(cfg.condition_probes)
+    slow = slow_condition_warning(cfg.condition, k, g.config.w_dim, jax.default_backend())
+    if slow:
+        ctx.log(slow)
     probes = None if k <= 0 else np.where(np.random.RandomState(int(ctx.config.seed)).rand(k, g.config.w_dim) < 0.5,
                                           -1.0, 1.0).astype(np.float32)  # fixed Rademacher probes
 

@@ -152,3 +152,14 @@ def test_closed_loop_with_a_non_zero_true_condition(tmp_path):
     assert summary["psnr_db_min"] > 45.0, summary
     err_pose = np.abs(enc.pose_deg[:, :2] - pose[:, :2])  # frame 0 is the identity: truth relative to it
     assert err_pose.max() < 2.0, err_pose
+
+
+def test_a_slow_condition_search_is_announced_on_cpu_only():
+    """The exact log-determinant at StyleFlow's size takes ~70 s a step on CPU: the stage says so, once, and
+    names the setting; nothing on accelerators, with probes, for small latents or without a search."""
+    line = head_pose.slow_condition_warning("map", 0, 512, "cpu")
+    assert line.startswith("warning: [head_pose]") and "--config.head_pose.condition_probes=16" in line
+    assert head_pose.slow_condition_warning("map", 0, 512, "gpu") is None
+    assert head_pose.slow_condition_warning("map", 16, 512, "cpu") is None
+    assert head_pose.slow_condition_warning("map", 0, 32, "cpu") is None
+    assert head_pose.slow_condition_warning("mean", 0, 512, "cpu") is None
