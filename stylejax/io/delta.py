@@ -21,17 +21,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import struct
 
 import numpy as np
 
 from stylejax.errors import UserError
+from stylejax.io import container
 
 FORMAT = "stylejax-delta"
 FORMAT_VERSION = "1"
 SUFFIX = ".delta"
 _DTYPES = {"F16": np.float16, "F32": np.float32}
-_MAX_HEADER = 100_000_000
 
 
 class DeltaError(UserError, ValueError):
@@ -74,9 +73,7 @@ def unflatten(flat):
 def is_delta_file(path) -> bool:
     """Whether `path` is a stylejax delta by its header (the only kind of file a delta output may replace with
     --overwrite); reads at most the header."""
-    from stylejax.io.encoding import safetensors_metadata
-
-    return (safetensors_metadata(path) or {}).get("format") == FORMAT
+    return (container.metadata(path) or {}).get("format") == FORMAT
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -155,25 +152,17 @@ class Delta:
 # --------------------------------------------------------------------------------------------------------
 
 def to_bytes(delta: Delta) -> bytes:
-    """The safetensors bytes of a delta, header keys in a fixed order (safetensors' own writer orders the
-    metadata by a per-process hash)."""
-    names = sorted(delta.tensors)
-    header, chunks, offset = {}, [], 0
-    for name in names:
+    """The safetensors bytes of a delta, in an order fixed by its contents (`container.serialise`)."""
+    tensors = {}
+    for name in sorted(delta.tensors):
         arr = np.asarray(delta.tensors[name])  # (not ascontiguousarray: it makes a scalar 1-D)
-        code = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}.get(arr.dtype)
-        if code is None:
+        if arr.dtype not in (np.dtype(np.float16), np.dtype(np.float32)):
             raise DeltaError(f"delta tensor {name!r} is {arr.dtype}; a delta holds float16 or float32")
-        data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
-        header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "base_generator_fingerprint": delta.base_fingerprint,
-            "form": delta.form, "dtype": delta.dtype,
+        tensors[name] = arr
+    meta = {"base_generator_fingerprint": delta.base_fingerprint, "dtype": delta.dtype, "form": delta.form,
+            "format": FORMAT, "format_version": FORMAT_VERSION,
             "settings": json.dumps(delta.settings, sort_keys=True, allow_nan=False)}
-    text = json.dumps({"__metadata__": meta, **header}, sort_keys=True, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes
-    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+    return container.serialise(tensors, meta)
 
 
 def save_delta(path, delta: Delta) -> None:
@@ -194,32 +183,10 @@ def save_delta(path, delta: Delta) -> None:
 
 def load_delta(path, generator=None) -> Delta:
     """Reads a delta file; with `generator`, also checks that it was tuned from that generator and fits it."""
-    import safetensors.numpy
-
     path = os.fspath(path)
     fail = lambda why: DeltaError(f"cannot read delta {path}: {why}")
-    if not os.path.isfile(path):
-        raise fail("no such file" if not os.path.exists(path) else "not a file")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise fail(err.strerror or str(err)) from None
-    not_st = "not a safetensors file (deltas are written by the finetune stage of python -m stylejax.encode)"
-    if len(data) < 9 or data[8:9] != b"{":
-        raise fail(not_st)
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > _MAX_HEADER or 8 + n > len(data):
-        raise fail(not_st if n > _MAX_HEADER else f"truncated ({len(data)} bytes, its header alone needs {8 + n})")
-    try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
-        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
-        tensors = safetensors.numpy.load(data)
-    except Exception:
-        raise fail(not_st) from None
-    if 8 + n + max(ends, default=0) > len(data):
-        raise fail("truncated")
-    meta = header.get("__metadata__") or {}
+    tensors, meta = container.read(path, fail, "not a safetensors file (deltas are written by the finetune stage of "
+                                   "python -m stylejax.encode)")
     if meta.get("format") != FORMAT:
         raise fail(f"not a stylejax delta (format {meta.get('format')!r}, expected {FORMAT!r})")
     if meta.get("format_version") != FORMAT_VERSION:

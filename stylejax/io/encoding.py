@@ -26,11 +26,11 @@ import json
 import math
 import os
 import re
-import struct
 
 import numpy as np
 
 from stylejax.errors import UserError
+from stylejax.io import container
 
 FORMAT = "stylejax-encoding"
 FORMAT_VERSION = "2"  # what save_encoding writes by default
@@ -52,7 +52,7 @@ MAX_SIZE = 1 << 16  # px: a generator's resolution or an original frame's width 
 POSE_COLUMNS = ("yaw_deg", "pitch_deg", "roll_deg")
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 _CHANNEL_NAME = re.compile(r"^\d+_\d+$")
-_MAX_HEADER = 100_000_000  # the safetensors library's own limit on the JSON header
+NOT_SAFETENSORS = "not a safetensors file (encodings are written by python -m stylejax.encode)"
 MOTION_CODINGS = ("float16", "delta-zstd")
 MAX_KEY_INTERVAL = 4096
 MAX_QUANTISED = 2 ** 31 - 1  # quantised values are 32-bit integers (a LEB128 varint of at most 5 bytes)
@@ -389,23 +389,6 @@ def _block_rows(num_frames: int, key_interval: int) -> list[int]:
     return [min(key_interval, num_frames - lo) for lo in range(0, num_frames, key_interval)]
 
 
-def _serialise(tensors: dict, meta: dict) -> bytes:
-    """safetensors bytes whose header lists the metadata first, in `meta`'s order, then the tensors in the
-    order of their data: identical encodings give identical files. (The safetensors library writes its
-    metadata from a hash map, in an order that changes from one process to the next.)"""
-    import safetensors.numpy
-
-    data = safetensors.numpy.save(tensors)
-    (n,) = struct.unpack("<Q", data[:8])
-    entries = json.loads(data[8:8 + n])
-    header = {"__metadata__": meta}
-    header.update(sorted(((k, v) for k, v in entries.items() if k != "__metadata__"),
-                         key=lambda kv: kv[1]["data_offsets"]))
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as the library writes it
-    return struct.pack("<Q", len(text)) + text + data[8 + n:]
-
-
 def _json(value) -> str:
     return json.dumps(value, sort_keys=True, allow_nan=False)
 
@@ -478,7 +461,7 @@ def save_encoding(path: str, enc: Encoding, version: str = FORMAT_VERSION) -> No
         raise EncodingError(f"cannot save encoding {path}: format version {version!r} is not one of "
                             f"{', '.join(WRITABLE_VERSIONS)}")
     tensors, meta = (_contents_v1 if str(version) == "1" else _contents_v2)(enc, path)
-    data = _serialise(tensors, meta)
+    data = container.serialise(tensors, meta)
     from stylejax.io.atomic import Temporary
 
     claim = None
@@ -508,68 +491,10 @@ def save_encoding(path: str, enc: Encoding, version: str = FORMAT_VERSION) -> No
 # Reading
 # --------------------------------------------------------------------------------------------------------
 
-def _read_container(path: str) -> tuple[dict, dict]:
-    """(tensors, metadata) of a safetensors file, checked by hand first so every failure has a clear reason."""
-    import safetensors.numpy
-
-    fail = lambda why: EncodingError(f"cannot read encoding {path}: {why}")
-    if not os.path.exists(path):
-        raise fail("no such file")
-    if not os.path.isfile(path):
-        raise fail("not a file")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise fail(err.strerror or str(err)) from None
-    not_st = "not a safetensors file (encodings are written by python -m stylejax.encode)"
-    if len(data) < 9 or data[8:9] != b"{":
-        raise fail(not_st)
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > _MAX_HEADER:
-        raise fail(not_st)
-    if 8 + header_len > len(data):
-        raise fail(f"truncated ({len(data)} bytes, its header alone needs {8 + header_len})")
-    try:
-        header = json.loads(data[8:8 + header_len].decode("utf-8"))
-        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
-    except Exception:
-        raise fail(not_st) from None
-    if not isinstance(header, dict):
-        raise fail(not_st)
-    if 8 + header_len + max(ends, default=0) > len(data):
-        raise fail(f"truncated ({len(data)} bytes, its tensors need {8 + header_len + max(ends)})")
-    try:
-        tensors = safetensors.numpy.load(data)
-    except Exception as err:  # the library's own checks: offsets, dtypes, shapes
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise fail(f"corrupt safetensors file ({detail})") from None
-    meta = header.get("__metadata__") or {}
-    return tensors, meta if isinstance(meta, dict) else {}
-
-
-def safetensors_metadata(path: str) -> dict | None:
-    """The `__metadata__` of a safetensors file (encodings and deltas are both), or None when `path` is not
-    one; reads at most the header."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                return None
-            (n,) = struct.unpack("<Q", head)
-            if n > _MAX_HEADER:
-                return None
-            header = json.loads(f.read(n).decode("utf-8"))
-    except (OSError, ValueError):
-        return None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    return meta if isinstance(meta, dict) else None
-
-
 def is_encoding_file(path: str) -> bool:
     """Whether `path` is a stylejax encoding by its header (the kind of file `save_encoding` writes, so the only
     kind an encoding output may replace with --overwrite); reads at most the header."""
-    return (safetensors_metadata(path) or {}).get("format") == FORMAT
+    return (container.metadata(path) or {}).get("format") == FORMAT
 
 
 def _json_field(meta: dict, key: str, kind: type, fail):
@@ -670,12 +595,17 @@ def _decode_stream(tensors: dict, num_frames: int, columns: int, key_interval: i
     return frames, step
 
 
+def _read_fail(path: str):
+    """The error of an unreadable encoding file: one line naming the file and why."""
+    return lambda why: EncodingError(f"cannot read encoding {path}: {why}")
+
+
 def load_encoding(path: str, expected_fingerprint: str | None = None) -> Encoding:
     """Read an encoding (format version 1 or 2); with `expected_fingerprint`, refuse one made with a different
     generator."""
     path = os.fspath(path)
-    fail = lambda why: EncodingError(f"cannot read encoding {path}: {why}")
-    tensors, meta = _read_container(path)
+    fail = _read_fail(path)
+    tensors, meta = container.read(path, fail, NOT_SAFETENSORS)
     if meta.get("format") != FORMAT:
         found = f"format {meta['format']!r}" if "format" in meta else "no format field"
         raise fail(f"not a stylejax encoding ({found}, expected {FORMAT!r})")
@@ -726,24 +656,6 @@ def load_encoding(path: str, expected_fingerprint: str | None = None) -> Encodin
         raise fail(str(err).removeprefix("invalid encoding: ")) from None
 
 
-def _read_header(f, path: str) -> tuple[dict, int]:
-    """(header, offset of the data) of an open safetensors file, reading the header alone."""
-    fail = lambda why: EncodingError(f"cannot read encoding {path}: {why}")
-    head = f.read(8)
-    if len(head) < 8:
-        raise fail("not a safetensors file (encodings are written by python -m stylejax.encode)")
-    (n,) = struct.unpack("<Q", head)
-    if n > _MAX_HEADER:
-        raise fail("not a safetensors file (encodings are written by python -m stylejax.encode)")
-    try:
-        header = json.loads(f.read(n).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise fail("not a safetensors file (encodings are written by python -m stylejax.encode)") from None
-    if not isinstance(header, dict):
-        raise fail("not a safetensors file (encodings are written by python -m stylejax.encode)")
-    return header, 8 + n
-
-
 MOTION_DATA = ("frames", "motion.frames", "motion.stream", "motion.blocks", "motion.step")
 
 
@@ -751,7 +663,7 @@ def motion_bytes(path: str) -> int:
     """Bytes the per-frame motion takes in an encoding file: the float16 frames, or the compact coding's stream,
     block offsets and steps (not the header, the identity, `offset_scale` or the optional quads)."""
     with open(path, "rb") as f:
-        header, _ = _read_header(f, path)
+        header, _ = container.read_header(f, _read_fail(path), NOT_SAFETENSORS)
     total = 0
     for name in MOTION_DATA:
         entry = header.get(name)
@@ -764,9 +676,9 @@ def motion_bytes(path: str) -> int:
 def load_motion_range(path: str, first: int, end: int) -> tuple[np.ndarray, np.ndarray]:
     """(pose_deg [n, 3], offsets [n, K]) of frames first..end-1 of a compact ("delta-zstd") encoding, reading
     only the header, the block offsets, the steps and the blocks that hold those frames (random access)."""
-    fail = lambda why: EncodingError(f"cannot read encoding {path}: {why}")
+    fail = _read_fail(path)
     with open(path, "rb") as f:
-        header, base = _read_header(f, path)
+        header, base = container.read_header(f, fail, NOT_SAFETENSORS)
         meta = header.get("__metadata__") or {}
         if meta.get("format") != FORMAT or meta.get("format_version") != "2":
             raise fail("random access needs a format-2 encoding")
