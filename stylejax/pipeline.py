@@ -106,8 +106,7 @@ def encode(workdir, nets, config, video=None, out=None, id_frame: Optional[int] 
         summary["report"] = workdir.file("report", "report.html")
     else:
         _, summary, _ = render.evaluate(enc, nets, workdir.frames(), ctx.loss_size, chunk=ctx.render_chunk,
-                                        faces=faces,
-                                        generator=tuned)
+                                        faces=faces, generator=tuned)
         summary.update(extra)
     if delta is not None:  # what fine-tuning gained: the same encoding through the base generator
         _, base, _ = render.evaluate(enc, nets, workdir.frames(), ctx.loss_size, chunk=ctx.render_chunk, faces=False)
